@@ -1,0 +1,18 @@
+"""puvae-defense: purify adversarial examples with PuVAE (Hwang et al., 2019).
+
+Example:
+    >>> from puvae_defense import PurifiedClassifier
+    >>> model = PurifiedClassifier(my_net, "puvae-mnist")  # doctest: +SKIP
+    >>> logits = model(images)  # images in [0, 1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .classifier import PurifiedClassifier
+from .config import PuVAEConfig
+from .hub import list_models
+from .model import Projection, PuVAE
+
+__all__ = ["Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "__version__", "list_models"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""Validation of user inputs, shared by the model, the wrapper and the trainer.
+
+Every check raises ``TypeError`` or ``ValueError`` with what was expected, what was
+received and how to fix it; none of them silently changes the data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["RANGE_TOLERANCE", "check_images", "check_labels"]
+
+#: Values this far outside [0, 1] are accepted (rounding of upstream transforms).
+RANGE_TOLERANCE = 1e-3
+
+
+def check_images(
+    images: object, image_shape: tuple[int, int, int], *, name: str = "images", check_values: bool = True
+) -> torch.Tensor:
+    """Check a ``(B, C, H, W)`` batch of floating images in [0, 1] and return it.
+
+    Args:
+        images: the user's input.
+        image_shape: the expected ``(C, H, W)``.
+        name: how the input is called in error messages.
+        check_values: also check for NaN/Inf and the [0, 1] range (one pass over the data).
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    expected = "(B, " + ", ".join(str(d) for d in image_shape) + ")"
+    if images.dim() != 4:
+        hint = " (add a batch dimension with images.unsqueeze(0))" if images.dim() == 3 else ""
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(images.shape)}{hint}")
+    if tuple(images.shape[1:]) != tuple(image_shape):
+        raise ValueError(
+            f"{name} have shape {tuple(images.shape)} but this model expects {expected} "
+            "(channels, height, width); resize the images or use a PuVAE trained for that shape"
+        )
+    if not images.is_floating_point():
+        hint = " (divide uint8 images by 255)" if images.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got dtype {images.dtype}{hint}")
+    if check_values and images.numel():
+        values = images.detach()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{name} contain NaN or Inf values")
+        low, high = float(values.min()), float(values.max())
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"{name} must have values in [0, 1], got min {low:.4g} and max {high:.4g}; pass "
+                "unnormalized images (a torchvision Normalize belongs in preprocess=..., which is "
+                "applied after purification)"
+            )
+    return images
+
+
+def check_labels(labels: object, batch: int, num_classes: int, *, name: str = "labels") -> torch.Tensor:
+    """Check a ``(B,)`` integer tensor of class indices in ``[0, num_classes)`` and return it."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{name} must be in [0, {num_classes - 1}], got values from {int(labels.min())} to {int(labels.max())}"
+        )
+    return labels.long()

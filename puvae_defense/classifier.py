@@ -1,0 +1,106 @@
+"""``PurifiedClassifier``: any image classifier behind a PuVAE purifier (Figure 1 of the paper)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .kernels import Backend
+from .model import Projection, PuVAE
+
+__all__ = ["PurifiedClassifier"]
+
+
+class PurifiedClassifier(nn.Module):
+    """Purify inputs with PuVAE, then classify the purified images (eq. 17).
+
+    ``forward`` returns the wrapped classifier's logits on the purified images. The
+    wrapper never changes the classifier's weights or its train/eval mode by itself
+    (``.train()`` / ``.eval()`` called on the wrapper propagate, as for any module);
+    it follows ``.to(device)`` / ``.to(dtype)``, works under ``torch.no_grad()`` and is
+    differentiable: gradients flow through the chosen candidate (a full-gradient attack
+    sees the purifier; use :mod:`puvae_defense.attacks` for BPDA and EOT).
+
+    Args:
+        classifier: the target model ``M_t``; takes ``(B, C, H, W)`` and returns logits.
+        purifier: a :class:`~puvae_defense.model.PuVAE`, a folder written by
+            ``save_pretrained``, a registered name such as ``"puvae-mnist"`` or a Hub
+            repo id.
+        sigma_eps: noise scale of the projection (paper: 0.1; 0 is deterministic).
+        preprocess: applied to the purified images before the classifier, e.g. a
+            torchvision ``Normalize`` (inputs stay in [0, 1]; normalization goes here).
+        max_batch: largest number of (image, class) pairs decoded at once.
+        backend: selection kernel backend (``"auto"``, ``"torch"``, ``"triton"``).
+        check_num_classes: raise if the classifier's output width differs from the
+            purifier's number of classes (both must index the same label set).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+        >>> model = PurifiedClassifier(net, PuVAE(), sigma_eps=0.0)
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        purifier: PuVAE | str | os.PathLike[str],
+        *,
+        sigma_eps: float = 0.1,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        max_batch: int | None = None,
+        backend: Backend = "auto",
+        check_num_classes: bool = True,
+    ) -> None:
+        super().__init__()
+        if not callable(classifier):
+            raise TypeError(f"classifier must be a callable nn.Module, got {type(classifier).__name__}")
+        if isinstance(purifier, (str, os.PathLike)):
+            purifier = PuVAE.from_pretrained(purifier)
+        if not isinstance(purifier, PuVAE):
+            raise TypeError(
+                "purifier must be a PuVAE, a weights folder, a registered name or a Hub repo id, "
+                f"got {type(purifier).__name__}"
+            )
+        if preprocess is not None and not callable(preprocess):
+            raise TypeError(f"preprocess must be callable, got {type(preprocess).__name__}")
+        if not isinstance(sigma_eps, (int, float)) or isinstance(sigma_eps, bool) or not sigma_eps >= 0:
+            raise ValueError(f"sigma_eps must be a non-negative number, got {sigma_eps!r}")
+        self.classifier = classifier
+        self.purifier = purifier
+        self.preprocess = preprocess
+        self.sigma_eps = float(sigma_eps)
+        self.max_batch = max_batch
+        self.backend: Backend = backend
+        self.check_num_classes = check_num_classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the purifier."""
+        return self.purifier.num_classes
+
+    def purify(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> Projection:
+        """Project ``images`` (``(B, C, H, W)`` in [0, 1]) onto every class; see :meth:`PuVAE.project`."""
+        return self.purifier.project(
+            images, self.sigma_eps, generator, max_batch=self.max_batch, backend=self.backend
+        )
+
+    def classify_purified(self, purified: torch.Tensor) -> torch.Tensor:
+        """Apply ``preprocess`` and the classifier to already purified images."""
+        inputs = self.preprocess(purified) if self.preprocess is not None else purified
+        logits = self.classifier(inputs)
+        if self.check_num_classes and isinstance(logits, torch.Tensor) and logits.dim() == 2:
+            if logits.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"the classifier returns {logits.shape[1]} logits but the purifier projects onto "
+                    f"{self.num_classes} classes; they must share one label set (pass "
+                    "check_num_classes=False if the mismatch is intended)"
+                )
+        return logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the classifier on the purified ``images`` (``(B, C, H, W)`` in [0, 1])."""
+        return self.classify_purified(self.purify(images).purified)

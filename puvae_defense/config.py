@@ -1,0 +1,153 @@
+"""Configuration of the PuVAE network (Table 1 of Hwang et al., 2019).
+
+Reference: U. Hwang, J. Park, H. Jang, S. Yoon, N. I. Cho, "PuVAE: A Variational
+Autoencoder to Purify Adversarial Examples", IEEE Access 2019 (arXiv:1903.00585).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from typing_extensions import Self
+
+__all__ = ["PuVAEConfig"]
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"PuVAEConfig.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PuVAEConfig:
+    """Layer sizes of a PuVAE. ``PuVAEConfig()`` is the paper's MNIST model.
+
+    The defaults reproduce Table 1 of the paper: three dilated 7x7 convolutions with 32
+    maps (dilation 2, 'same' padding), three fully connected layers of 1024 units, a
+    64-unit output split into ``mu`` and ``softplus -> sigma`` (latent size 32); the
+    decoder has a 512-unit layer reshaped to a small feature map, three 7x7 stride-2
+    transposed convolutions with 32 maps and a last one to the image channels.
+
+    Attributes:
+        image_shape: ``(channels, height, width)`` of the images to purify.
+        num_classes: number of classes ``C``; every input is projected onto each.
+        conv_channels: feature maps of each dilated convolution.
+        conv_kernel: kernel size of the dilated convolutions.
+        conv_dilation: dilation rate of the dilated convolutions.
+        num_convs: number of dilated convolutions.
+        encoder_hidden: widths of the encoder's fully connected layers.
+        latent_dim: size of ``z`` (the last encoder layer has ``2 * latent_dim`` units).
+        decoder_hidden: width of the decoder's fully connected layer; it is reshaped to
+            ``(decoder_hidden // (h0 * w0), h0, w0)`` with ``h0 = ceil(height / 2**num_deconvs)``.
+        deconv_channels: feature maps of the hidden transposed convolutions.
+        deconv_kernel: kernel size of the transposed convolutions (odd).
+        num_deconvs: number of stride-2 transposed convolutions, the last one included.
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    conv_channels: int = 32
+    conv_kernel: int = 7
+    conv_dilation: int = 2
+    num_convs: int = 3
+    encoder_hidden: tuple[int, ...] = field(default=(1024, 1024, 1024))
+    latent_dim: int = 32
+    decoder_hidden: int = 512
+    deconv_channels: int = 32
+    deconv_kernel: int = 7
+    num_deconvs: int = 4
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.image_shape)
+        if len(shape) != 3:
+            raise ValueError(
+                f"PuVAEConfig.image_shape must be (channels, height, width), got {self.image_shape!r}"
+            )
+        for dim_name, dim in zip(("channels", "height", "width"), shape):
+            _positive_int(f"image_shape {dim_name}", dim)
+        object.__setattr__(self, "image_shape", shape)
+        object.__setattr__(self, "encoder_hidden", tuple(self.encoder_hidden))
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 2:
+            raise ValueError(f"PuVAEConfig.num_classes must be an integer >= 2, got {self.num_classes!r}")
+        for name in ("conv_channels", "conv_kernel", "conv_dilation", "num_convs", "latent_dim",
+                     "decoder_hidden", "deconv_channels", "deconv_kernel", "num_deconvs"):
+            _positive_int(name, getattr(self, name))
+        if not self.encoder_hidden:
+            raise ValueError("PuVAEConfig.encoder_hidden needs at least one layer width")
+        for width in self.encoder_hidden:
+            _positive_int("encoder_hidden", width)
+        if self.conv_kernel % 2 == 0 or self.deconv_kernel % 2 == 0:
+            raise ValueError(
+                "PuVAEConfig.conv_kernel and deconv_kernel must be odd for 'same' padding, got "
+                f"{self.conv_kernel} and {self.deconv_kernel}"
+            )
+        h0, w0 = self.decoder_seed_size
+        if self.decoder_hidden % (h0 * w0):
+            raise ValueError(
+                f"PuVAEConfig.decoder_hidden={self.decoder_hidden} must be divisible by the seed map "
+                f"area {h0}x{w0}={h0 * w0} (image {shape[1]}x{shape[2]}, {self.num_deconvs} stride-2 "
+                "transposed convolutions)"
+            )
+
+    @property
+    def image_numel(self) -> int:
+        """Number of values in one image, ``channels * height * width``."""
+        c, h, w = self.image_shape
+        return c * h * w
+
+    @property
+    def trunk_features(self) -> int:
+        """Size of the flattened convolutional trunk output (stride 1, 'same' padding)."""
+        _, h, w = self.image_shape
+        return self.conv_channels * h * w
+
+    @property
+    def decoder_sizes(self) -> tuple[tuple[int, int], ...]:
+        """Spatial size after each decoder stage, seed map first, image size last.
+
+        Each stride-2 transposed convolution doubles the size minus one, plus an output
+        padding of 0 or 1, so the chain is built backwards by halving and rounding up:
+        28 <- 14 <- 7 <- 4 <- 2 and 32 <- 16 <- 8 <- 4 <- 2.
+        """
+        _, h, w = self.image_shape
+        sizes = [(h, w)]
+        for _ in range(self.num_deconvs):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+            sizes.append((h, w))
+        return tuple(reversed(sizes))
+
+    @property
+    def decoder_seed_size(self) -> tuple[int, int]:
+        """Spatial size of the map the decoder's fully connected layer is reshaped to."""
+        return self.decoder_sizes[0]
+
+    @property
+    def decoder_seed_channels(self) -> int:
+        """Channels of the reshaped decoder seed map."""
+        h0, w0 = self.decoder_seed_size
+        return self.decoder_hidden // (h0 * w0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (tuples become lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing keys take defaults."""
+        if not isinstance(data, dict):
+            raise TypeError(f"PuVAEConfig.from_dict expects a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PuVAEConfig keys {unknown}; known keys are {sorted(known)}")
+        values = dict(data)
+        for key in ("image_shape", "encoder_hidden"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)

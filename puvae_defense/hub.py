@@ -1,0 +1,361 @@
+"""Pretrained weights by name: the registry, resolution, verification and publishing.
+
+A name such as ``"puvae-mnist"`` resolves, in this order, to
+
+1. a local folder or file the caller named (not a name, then);
+2. the Hugging Face cache (works with ``HF_HUB_OFFLINE=1`` once downloaded);
+3. a download through ``huggingface_hub`` at the registry's pinned revision (honouring
+   ``HF_ENDPOINT``, ``HF_HOME``, tokens and proxies as ``huggingface_hub`` does);
+4. when the Hub cannot be reached, the copy bundled in a source checkout under
+   ``hub/<name>/``, with a warning naming the copy.
+
+The weights file's sha256 is checked against the registry before anything is loaded.
+Repositories live under one organisation, :data:`ORGANIZATION`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
+
+__all__ = [
+    "ORGANIZATION",
+    "HubUnreachableError",
+    "PretrainedEntry",
+    "WeightsHashError",
+    "get_entry",
+    "list_models",
+    "push_to_hub",
+    "resolve_folder",
+    "update_registry",
+]
+
+#: The Hugging Face organisation that hosts every registered model.
+ORGANIZATION = "puvae-defense"
+
+ModelType = Literal["puvae", "classifier"]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_REGISTRY_FILE = "registry.json"
+
+
+class WeightsHashError(ValueError):
+    """A weights file's sha256 differs from the pinned one; the file was not loaded."""
+
+
+class HubUnreachableError(FileNotFoundError):
+    """No copy of registered weights could be found: not cached, Hub unreachable, no bundle."""
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """One named pretrained model.
+
+    Attributes:
+        name: registry name, e.g. ``"puvae-mnist"``.
+        model_type: ``"puvae"`` or ``"classifier"``.
+        repo_id: Hub repository, ``ORGANIZATION/name``.
+        revision: pinned Hub commit sha; ``None`` until the model is published, in which
+            case the sha256 alone pins the file (downloaded from ``main``).
+        sha256: hex sha256 of the weights file.
+        filename: weights file name in the repository.
+        dataset: data set it was trained on.
+        config: constructor config (as in ``config.json``).
+        metrics: measured metrics, floats (percentages unless the key says otherwise).
+        num_params: number of parameters of the model.
+        description: one line for listings.
+    """
+
+    name: str
+    model_type: ModelType
+    repo_id: str
+    revision: str | None
+    sha256: str
+    filename: str
+    dataset: str
+    config: Mapping[str, Any]
+    metrics: Mapping[str, float]
+    num_params: int
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("puvae", "classifier"):
+            raise ValueError(f"registry entry {self.name!r}: unknown model_type {self.model_type!r}")
+        if not _SHA256.fullmatch(self.sha256):
+            raise ValueError(f"registry entry {self.name!r}: sha256 must be 64 lowercase hex digits")
+        if self.revision is not None and not _COMMIT.fullmatch(self.revision):
+            raise ValueError(f"registry entry {self.name!r}: revision must be a 40-hex commit sha or null")
+        if not self.repo_id.startswith(ORGANIZATION + "/"):
+            raise ValueError(f"registry entry {self.name!r}: repo_id must live under {ORGANIZATION!r}")
+        if any(not isinstance(v, float) for v in self.metrics.values()):
+            raise ValueError(f"registry entry {self.name!r}: metrics must be floats")
+        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    @property
+    def pinned_by(self) -> str:
+        """``"revision"`` once published, ``"sha256"`` before."""
+        return "revision" if self.revision else "sha256"
+
+
+@functools.cache
+def _registry() -> Mapping[str, PretrainedEntry]:
+    data = json.loads(resources.files(__package__).joinpath(_REGISTRY_FILE).read_text())
+    entries: dict[str, PretrainedEntry] = {}
+    for raw in data["models"]:
+        entry = PretrainedEntry(**raw)
+        if entry.name in entries:
+            raise ValueError(f"duplicate registry name {entry.name!r}")
+        entries[entry.name] = entry
+    return MappingProxyType(entries)
+
+
+def list_models(model_type: ModelType | None = None) -> list[str]:
+    """Names of the registered pretrained models, sorted, optionally of one type."""
+    return sorted(n for n, e in _registry().items() if model_type is None or e.model_type == model_type)
+
+
+def get_entry(name: str) -> PretrainedEntry:
+    """The registry entry for ``name``; an unknown name lists the known ones."""
+    registry = _registry()
+    if name not in registry:
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"unknown pretrained model {name!r}; known models: {', '.join(list_models()) or 'none'}.{hint} "
+            "A local folder path or a Hub repo id ('org/name') also works."
+        )
+    return registry[name]
+
+
+def _bundled_root() -> Path:
+    """``hub/`` of a source checkout (absent from installed wheels)."""
+    return Path(__file__).resolve().parent.parent / "hub"
+
+
+def _local_folder(path: Path) -> Path:
+    folder = path.parent if path.is_file() else path
+    if path.is_file() and path.name != WEIGHTS_NAME:
+        raise ValueError(f"{path} is not a {WEIGHTS_NAME}; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    for needed in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / needed).is_file():
+            raise FileNotFoundError(f"{folder} has no {needed}; a weights folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return folder
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~", "\\")) or text.count("/") > 1 or "\\" in text
+
+
+def resolve_folder(
+    name_or_path: str | Path, *, model_type: ModelType, revision: str | None = None
+) -> Path:
+    """Find a verified folder holding ``config.json`` and ``model.safetensors``.
+
+    Args:
+        name_or_path: local folder or weights file, registered name, or Hub repo id.
+        model_type: what the caller will load (checks a registered name's type).
+        revision: Hub revision for a repo id; registered names are pinned and accept
+            only their own revision.
+
+    Returns:
+        The folder (in the Hugging Face cache, the caller's path or the bundled copy).
+
+    Raises:
+        ValueError: unknown name, wrong model type, or a revision for a pinned name.
+        WeightsHashError: the weights file does not match its pinned sha256.
+        HubUnreachableError: a registered model is nowhere to be found.
+        FileNotFoundError: a local path that does not exist or lacks files.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _local_folder(path)
+    text = str(name_or_path)
+    if text in _registry():
+        entry = get_entry(text)
+        if entry.model_type != model_type:
+            raise ValueError(f"{text!r} is a {entry.model_type}, not a {model_type}")
+        return _resolve_entry(entry, revision)
+    if _looks_like_path(text):
+        raise FileNotFoundError(f"no such weights folder or file: {path}")
+    if _REPO_ID.fullmatch(text):
+        return _resolve_repo(text, revision or "main")
+    get_entry(text)  # raises the unknown-name error
+    raise AssertionError("unreachable")
+
+
+def _download(repo_id: str, revision: str, filename: str, *, local_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    from . import __version__
+
+    common = {"repo_id": repo_id, "revision": revision, "local_files_only": local_only,
+              "library_name": "puvae-defense", "library_version": __version__}
+    hf_hub_download(filename=CONFIG_NAME, **common)
+    return Path(hf_hub_download(filename=filename, **common))
+
+
+def _verify(path: Path, expected: str, *, source: str) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise WeightsHashError(
+            f"sha256 mismatch for {path} ({source}): expected {expected}, got {actual}; the file was not "
+            "loaded. Delete it (for the Hugging Face cache: `hf cache rm` or remove the file) and download again."
+        )
+
+
+def _hub_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(errors meaning the Hub answered 'no', errors meaning it could not be reached)."""
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:  # huggingface_hub 2.x talks through httpx2, 1.x through httpx
+        from httpx2 import TransportError
+    except ImportError:
+        from httpx import TransportError
+
+    answered = (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError)
+    unreachable = (LocalEntryNotFoundError, OfflineModeIsEnabled, TransportError, ConnectionError, TimeoutError)
+    return answered, unreachable
+
+
+def _explain_answer(err: BaseException, repo_id: str, revision: str, filename: str) -> str:
+    from huggingface_hub.errors import RemoteEntryNotFoundError, RevisionNotFoundError
+
+    if isinstance(err, RevisionNotFoundError):
+        return f"the Hub has no revision {revision!r} of {repo_id}"
+    if isinstance(err, RemoteEntryNotFoundError):
+        return f"the Hub repository {repo_id} has no {filename} at revision {revision!r}"
+    return f"the Hub has no repository {repo_id} (or it is private and no token was given)"
+
+
+def _resolve_entry(entry: PretrainedEntry, revision: str | None) -> Path:
+    if revision is not None and revision != entry.revision:
+        raise ValueError(
+            f"{entry.name!r} is pinned to revision {entry.revision or '(sha256 only)'}; to load revision "
+            f"{revision!r}, pass the repo id {entry.repo_id!r} instead of the registered name"
+        )
+    answered, unreachable = _hub_errors()
+    rev = entry.revision or "main"
+    tried = []
+    try:
+        weights = _download(entry.repo_id, rev, entry.filename, local_only=True)
+        _verify(weights, entry.sha256, source="Hugging Face cache")
+        return weights.parent
+    except unreachable:
+        tried.append("the Hugging Face cache (not there)")
+    try:
+        weights = _download(entry.repo_id, rev, entry.filename, local_only=False)
+    except answered as err:
+        raise FileNotFoundError(f"cannot fetch {entry.name!r}: {_explain_answer(err, entry.repo_id, rev, entry.filename)}") from err
+    except unreachable as err:
+        tried.append(f"the Hub at {_endpoint()} ({type(err).__name__})")
+    else:
+        _verify(weights, entry.sha256, source=f"downloaded from {entry.repo_id}@{rev}")
+        return weights.parent
+    bundled = _bundled_root() / entry.name
+    if (bundled / entry.filename).is_file() and (bundled / CONFIG_NAME).is_file():
+        _verify(bundled / entry.filename, entry.sha256, source="bundled copy")
+        warnings.warn(
+            f"the Hugging Face Hub could not be reached; using the copy of {entry.name!r} bundled in this "
+            f"source checkout at {bundled}",
+            stacklevel=4,
+        )
+        return bundled
+    tried.append(f"a bundled copy at {bundled} (absent)")
+    raise HubUnreachableError(
+        f"cannot find the weights of {entry.name!r}; tried {', '.join(tried)}. Get them with "
+        f"`hf download {entry.repo_id}{' --revision ' + entry.revision if entry.revision else ''}` where the Hub "
+        f"is reachable (or set HF_ENDPOINT to a mirror), or pass a local folder path instead of the name."
+    )
+
+
+def _resolve_repo(repo_id: str, revision: str) -> Path:
+    answered, unreachable = _hub_errors()
+    try:
+        weights = _download(repo_id, revision, WEIGHTS_NAME, local_only=False)
+    except answered as err:
+        raise FileNotFoundError(f"cannot fetch {repo_id!r}: {_explain_answer(err, repo_id, revision, WEIGHTS_NAME)}") from err
+    except unreachable as err:
+        raise HubUnreachableError(
+            f"cannot fetch {repo_id}@{revision}: the Hub at {_endpoint()} could not be reached and the file is "
+            "not cached; download it where the Hub is reachable or pass a local folder"
+        ) from err
+    blob = Path(weights).resolve()
+    if _SHA256.fullmatch(blob.name):  # LFS files are cached under their sha256
+        _verify(weights, blob.name, source=f"{repo_id}@{revision}, hash announced by the Hub")
+    return weights.parent
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+) -> tuple[str, str]:
+    """Upload a weights folder (``config.json``, ``model.safetensors``, ``README.md``).
+
+    Args:
+        folder: a folder written by ``save_pretrained`` with a model card ``README.md``.
+        repo_id: target ``org/name``; created if missing.
+        token: Hub token (default: huggingface_hub's own lookup).
+        private: create the repository as private.
+        commit_message: default names the folder.
+
+    Returns:
+        ``(commit_sha, sha256_of_weights)``: the two values a registry entry pins.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    for needed in (CONFIG_NAME, WEIGHTS_NAME, "README.md"):
+        if not (folder / needed).is_file():
+            raise FileNotFoundError(f"{folder} has no {needed}; a publishable folder holds config.json, model.safetensors and README.md")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "README.md"],
+        commit_message=commit_message or f"Upload {folder.name} with puvae-defense",
+    )
+    return info.oid, sha256_of(folder / WEIGHTS_NAME)
+
+
+def update_registry(registry_path: str | Path, name: str, *, revision: str | None, sha256: str) -> None:
+    """Pin ``name`` in a registry JSON file to ``revision`` and ``sha256`` (publishing step)."""
+    path = Path(registry_path)
+    data = json.loads(path.read_text())
+    for raw in data["models"]:
+        if raw["name"] == name:
+            raw["revision"], raw["sha256"] = revision, sha256
+            PretrainedEntry(**raw)  # validate before writing
+            path.write_text(json.dumps(data, indent=2) + "\n")
+            _registry.cache_clear()
+            return
+    raise ValueError(f"{name!r} is not in {path}; known: {sorted(r['name'] for r in data['models'])}")

@@ -1,0 +1,157 @@
+"""Weights on disk: ``config.json`` beside ``model.safetensors``, never pickle.
+
+The same layout serves a local folder, the Hugging Face Hub and the bundled copies under
+``hub/<name>/`` of a source checkout. ``config.json`` records which kind of model the
+folder holds (``model_type``), its constructor config and the dtype the weights were
+stored in; loading checks every key, shape and value before touching the module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "load_state_dict_into",
+    "read_config",
+    "save_folder",
+    "sha256_of",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+LIBRARY_NAME = "puvae-defense"
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_folder(
+    module: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    model_type: str,
+    config: Mapping[str, Any],
+    dtype: torch.dtype | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` for ``module`` into ``directory``.
+
+    Args:
+        module: the model; its persistent ``state_dict`` is saved.
+        directory: created if needed; existing files of the same names are replaced.
+        model_type: what the folder holds (``"puvae"`` or ``"classifier"``).
+        config: the constructor config, JSON-serialisable.
+        dtype: store floating tensors in this dtype (e.g. ``torch.float16``); default as is.
+        extra: more JSON fields for ``config.json`` (e.g. training metadata).
+
+    Returns:
+        The directory as a :class:`~pathlib.Path`.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[key] = tensor.contiguous()
+    stored = {str(t.dtype).removeprefix("torch.") for t in state.values() if t.is_floating_point()}
+    payload: dict[str, Any] = {
+        "library": LIBRARY_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_type": model_type,
+        "torch_dtype": ",".join(sorted(stored)),
+        "config": dict(config),
+    }
+    if extra:
+        payload.update(extra)
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": model_type})
+    (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def read_config(directory: str | os.PathLike[str], *, model_type: str) -> dict[str, Any]:
+    """Read and check ``config.json`` of a weights folder; returns its ``config`` field.
+
+    Raises:
+        FileNotFoundError: the folder or its ``config.json`` is missing.
+        ValueError: the file is not valid JSON, not ours, or holds another model type.
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no {CONFIG_NAME} in {Path(directory)}: a weights folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(write one with save_pretrained)"
+        )
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"corrupt {path}: not valid JSON ({err}); re-download or re-save the weights") from err
+    if not isinstance(payload, dict) or "config" not in payload or "model_type" not in payload:
+        raise ValueError(f"{path} is not a {LIBRARY_NAME} config (needs 'model_type' and 'config' fields)")
+    if payload["model_type"] != model_type:
+        raise ValueError(f"{path} holds a {payload['model_type']!r} model, not a {model_type!r}")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {payload.get('format_version')!r}; this version of "
+            f"{LIBRARY_NAME} reads format_version {FORMAT_VERSION}"
+        )
+    return payload["config"]
+
+
+def load_state_dict_into(module: nn.Module, weights_path: str | os.PathLike[str]) -> nn.Module:
+    """Load a safetensors file into ``module`` with strict key, shape and value checks.
+
+    Values are cast to the module's dtypes (exact for float16 -> float32).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file is corrupt, keys or shapes differ from the module's, or it
+            holds NaN/Inf values. The module is left untouched in every case.
+    """
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"corrupt weights file {path}: {err}; re-download or re-save the weights") from err
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"weights file {path} does not match the model: missing keys {missing}, unexpected keys "
+            f"{unexpected}; check that config.json belongs to these weights"
+        )
+    wrong_shapes = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(value.shape)}"
+        for key, value in expected.items()
+        if state[key].shape != value.shape
+    ]
+    if wrong_shapes:
+        raise ValueError(f"weights file {path} has shapes that do not match the model: {sorted(wrong_shapes)}")
+    bad = sorted(k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise ValueError(f"weights file {path} holds NaN or Inf values in {bad}; the file is damaged")
+    module.load_state_dict(state, strict=True)
+    return module

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models, and the environment that keeps tests offline and CPU-first."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports triton or huggingface_hub (both read these at import time).
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.pop("HF_TOKEN", None)
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest
+import torch
+
+from puvae_defense import PuVAE, PuVAEConfig
+
+TINY_MNIST = PuVAEConfig(
+    image_shape=(1, 28, 28),
+    num_classes=10,
+    conv_channels=4,
+    encoder_hidden=(32, 32),
+    latent_dim=8,
+    decoder_hidden=64,
+    deconv_channels=4,
+)
+TINY_CIFAR = PuVAEConfig(
+    image_shape=(3, 32, 32),
+    num_classes=10,
+    conv_channels=4,
+    encoder_hidden=(32,),
+    latent_dim=8,
+    decoder_hidden=64,
+    deconv_channels=4,
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords and not _HAS_CUDA:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_vae() -> PuVAE:
+    torch.manual_seed(0)
+    return PuVAE(TINY_MNIST).eval()
+
+
+@pytest.fixture
+def tiny_cifar_vae() -> PuVAE:
+    torch.manual_seed(0)
+    return PuVAE(TINY_CIFAR).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))

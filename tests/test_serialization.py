@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from puvae_defense import PuVAE, PuVAEConfig
+
+from conftest import TINY_MNIST
+
+
+def test_round_trip_is_bit_identical(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = PuVAE.from_pretrained(folder)
+    assert loaded.config == tiny_vae.config and not loaded.training
+    for (k, a), (k2, b) in zip(tiny_vae.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "puvae" and config["torch_dtype"] == "float32"
+
+
+def test_fp16_storage_round_trips_exactly(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m", dtype=torch.float16)
+    stored = load_file(folder / "model.safetensors")
+    assert all(t.dtype == torch.float16 for t in stored.values())
+    loaded = PuVAE.from_pretrained(folder)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, stored[key].float())
+    half = PuVAE.from_pretrained(folder / "model.safetensors", dtype=torch.float16)
+    assert all(torch.equal(v, stored[k]) for k, v in half.state_dict().items())
+
+
+def test_no_pickle_in_the_weights(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    header = (folder / "model.safetensors").read_bytes()[:8]
+    assert int.from_bytes(header, "little") > 0  # a safetensors header length, not a pickle opcode
+    assert b"\x80\x02" not in (folder / "model.safetensors").read_bytes()[:64]
+
+
+def test_corrupt_weights_file(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="corrupt weights file"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_truncated_weights_file(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt weights file"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_mismatched_config_and_weights(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    other = PuVAE(PuVAEConfig.from_dict({**TINY_MNIST.to_dict(), "latent_dim": 4}))
+    other.save_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "model.safetensors").replace(folder / "model.safetensors")
+    with pytest.raises(ValueError, match="shapes that do not match.*encoder_out.weight"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_missing_and_unexpected_keys(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    state = load_file(folder / "model.safetensors")
+    state["extra.weight"] = state.pop("encoder_in.bias")
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing keys \['encoder_in.bias'\], unexpected keys \['extra.weight'\]"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_nan_weights_are_refused(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    state = load_file(folder / "model.safetensors")
+    state["decoder_in.bias"][0] = float("nan")
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="NaN or Inf values in \\['decoder_in.bias'\\]"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_bad_config_files(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        PuVAE.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "classifier", "config": {}, "format_version": 1}))
+    with pytest.raises(ValueError, match="holds a 'classifier' model, not a 'puvae'"):
+        PuVAE.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "puvae", "config": {}, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_wrong_file_name(tmp_path, tiny_vae: PuVAE) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="not a model.safetensors"):
+        PuVAE.from_pretrained(folder / "config.json")
