@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,8 @@ class PuVAE(nn.Module):
     def __init__(self, config: PuVAEConfig | None = None) -> None:
         super().__init__()
         self.config = config = config if config is not None else PuVAEConfig()
+        #: Per-epoch metrics set by :func:`puvae_defense.fit` (not stored with the weights).
+        self.training_history: tuple[Any, ...] = ()
         channels = config.image_shape[0]
         pad = config.conv_dilation * (config.conv_kernel - 1) // 2
         self.trunk = nn.ModuleList(
@@ -290,6 +292,20 @@ class PuVAE(nn.Module):
             )
         return Projection(torch.cat(purified), torch.cat(labels), torch.cat(distances))
 
+    def candidates(
+        self, images: torch.Tensor, sigma_eps: float = 0.1, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """All projections of a (small) batch at once, ``(B, C, C_img, H, W)`` (eq. 14).
+
+        Uses the same noise as :meth:`project` with the same ``generator`` state, so
+        ``project`` picks one of these. Memory grows with ``B x C``: meant for inspection.
+        """
+        images = check_images(images, self.config.image_shape)
+        self._check_device(images)
+        dtype = self.encoder_in.weight.dtype
+        noise = _noise((images.shape[0], self.num_classes, self.config.latent_dim), sigma_eps, generator, images, dtype)
+        return self._project_chunk(images, noise)
+
     def _project_chunk(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Candidates ``(b, C, C_img, H, W)`` for ``b`` images and noise ``(b, C, L)``."""
         b, num_classes = images.shape[0], self.num_classes
@@ -302,14 +318,22 @@ class PuVAE(nn.Module):
         logits = self._decode_logits(z, pair_labels)
         return torch.sigmoid(logits).view(b, num_classes, *self.config.image_shape)
 
-    def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.
 
         Args:
             directory: target folder, created if needed.
             dtype: store the weights in this dtype (``torch.float16`` for shipping).
+            metadata: JSON-ready facts (metrics, training) stored in ``config.json``.
         """
-        return save_folder(self, directory, model_type="puvae", config=self.config.to_dict(), dtype=dtype)
+        extra = {"metadata": metadata} if metadata else None
+        return save_folder(self, directory, model_type="puvae", config=self.config.to_dict(), dtype=dtype, extra=extra)
 
     @classmethod
     def from_pretrained(

@@ -63,3 +63,33 @@ def tiny_cifar_vae() -> PuVAE:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def synthetic_dataset(n: int = 96, shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10, seed: int = 0):
+    """Labelled images in [0, 1]: a fixed random template per class plus noise."""
+    from puvae_defense.data import ImageDataset
+
+    gen = torch.Generator().manual_seed(seed)
+    templates = torch.rand(classes, *shape, generator=gen).round()
+    labels = torch.arange(n) % classes
+    images = (0.8 * templates[labels] + 0.2 * torch.rand(n, *shape, generator=gen)).clamp(0, 1)
+    return ImageDataset(images, labels, tuple(str(c) for c in range(classes)))
+
+
+def tiny_source(shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(shape).prod()), 16),
+                               torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(16, classes))
+
+
+@pytest.fixture(scope="session")
+def mnist_root():
+    """The MNIST files laid out by `puvae-defense data fetch mnist` (the set-up script runs it)."""
+    from puvae_defense.data import DatasetNotFoundError, default_data_root, load_dataset
+
+    root = default_data_root()
+    try:
+        load_dataset("mnist", "test", root=root)
+    except DatasetNotFoundError as err:
+        pytest.fail(f"MNIST is not fetched ({err}); run ./scripts/setup.sh")
+    return root

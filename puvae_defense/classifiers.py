@@ -1,0 +1,210 @@
+"""The paper's target classifiers A-D, the source classifier M_s, and a trainer for them.
+
+A-D come from the paper's supplement (the Defense-GAN family): ReLU after every
+convolution and hidden FC layer, 'valid' padding (the supplement gives none; we choose
+valid). A and B are for 28x28x1 images, C and D for 32x32x3, but every architecture is
+built for any image shape.
+
+``"source"`` is the source classifier ``M_s`` whose cross-entropy trains the PuVAE
+(eq. 11-12). The paper only says it has "a fixed architecture"; ours is deliberately
+unlike A and B (max pooling instead of strided convolutions, no dropout):
+Conv(32, 5x5) - MaxPool(2) - Conv(64, 5x5) - MaxPool(2) - FC(256) -
+FC(classes), so that defending A and B is a transfer, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .serialization import WEIGHTS_NAME, load_state_dict_into, read_config, save_folder
+
+__all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier"]
+
+Arch = Literal["A", "B", "C", "D", "source"]
+ARCHITECTURES: tuple[str, ...] = ("A", "B", "C", "D", "source")
+
+# (out_channels, kernel, stride) of each convolution; then dropout after the trunk?, FC widths
+_SPECS: dict[str, dict[str, Any]] = {
+    "A": {"convs": [(64, 5, 1), (64, 5, 2)], "fcs": [128], "pool": False, "dropout": (0.25, 0.5)},
+    "B": {"convs": [(128, 3, 1), (64, 3, 2)], "fcs": [128], "pool": False, "dropout": (0.25, 0.5)},
+    "C": {"convs": [(64, 5, 1), (128, 5, 1), (256, 5, 2)], "fcs": [512, 256], "pool": False, "dropout": (0.25, 0.5)},
+    "D": {"convs": [(128, 3, 1), (256, 3, 1), (512, 3, 2)], "fcs": [512], "pool": False, "dropout": (0.25, 0.5)},
+    "source": {"convs": [(32, 5, 1), (64, 5, 1)], "fcs": [256], "pool": True, "dropout": (0.0, 0.0)},
+}
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Which classifier, for which images.
+
+    Attributes:
+        arch: ``"A"``, ``"B"``, ``"C"``, ``"D"`` or ``"source"``.
+        image_shape: ``(channels, height, width)``.
+        num_classes: number of output logits.
+    """
+
+    arch: Arch = "A"
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown classifier architecture {self.arch!r}; choose one of {ARCHITECTURES}")
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if len(self.image_shape) != 3 or min(self.image_shape) <= 0:
+            raise ValueError(f"image_shape must be (channels, height, width), got {self.image_shape!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+
+
+class PaperClassifier(nn.Sequential):
+    """One of the paper's classifiers as an ``nn.Sequential``; returns logits.
+
+    Args:
+        config: architecture, image shape and class count.
+
+    Example:
+        >>> net = PaperClassifier(ClassifierConfig("A"))
+        >>> net(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, config: ClassifierConfig | None = None) -> None:
+        config = config or ClassifierConfig()
+        spec = _SPECS[config.arch]
+        channels, height, width = config.image_shape
+        layers: list[nn.Module] = []
+        for out_channels, kernel, stride in spec["convs"]:
+            layers += [nn.Conv2d(channels, out_channels, kernel, stride=stride), nn.ReLU()]
+            height, width = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+            if spec["pool"]:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            channels = out_channels
+        if height <= 0 or width <= 0:
+            raise ValueError(f"images of shape {config.image_shape} are too small for classifier {config.arch}")
+        trunk_dropout, fc_dropout = spec["dropout"]
+        layers.append(nn.Flatten())
+        if trunk_dropout:
+            layers.append(nn.Dropout(trunk_dropout))
+        features = channels * height * width
+        for i, width_fc in enumerate(spec["fcs"]):
+            layers += [nn.Linear(features, width_fc), nn.ReLU()]
+            if i == 0 and fc_dropout:
+                layers.append(nn.Dropout(fc_dropout))
+            features = width_fc
+        layers.append(nn.Linear(features, config.num_classes))
+        super().__init__(*layers)
+        self.config = config
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (see ``PuVAE.save_pretrained``)."""
+        config = {**asdict(self.config), "image_shape": list(self.config.image_shape)}
+        extra = {"metadata": metadata} if metadata else None
+        return save_folder(self, directory, model_type="classifier", config=config, dtype=dtype, extra=extra)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> PaperClassifier:
+        """Load from a folder, a registered name (e.g. ``"mnist-classifier-a"``) or a Hub repo id."""
+        from .hub import resolve_folder
+
+        folder = resolve_folder(name_or_path, model_type="classifier", revision=revision)
+        raw = read_config(folder, model_type="classifier")
+        model = cls(ClassifierConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
+        load_state_dict_into(model, folder / WEIGHTS_NAME)
+        return model.to(device=device, dtype=dtype).eval()
+
+
+@torch.no_grad()
+def accuracy(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset[tuple[torch.Tensor, int]],
+    *,
+    batch_size: int = 500,
+    device: torch.device | str | None = None,
+) -> float:
+    """Top-1 accuracy in percent of ``model`` (logits) on a labelled data set."""
+    correct = total = 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        logits = model(images.to(device) if device is not None else images)
+        correct += int((logits.argmax(1).cpu() == labels).sum())
+        total += len(labels)
+    return 100.0 * correct / max(total, 1)
+
+
+def fit_classifier(
+    dataset: Dataset[tuple[torch.Tensor, int]],
+    arch: Arch = "A",
+    *,
+    num_classes: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> PaperClassifier:
+    """Train one of the paper's classifiers with Adam and a cosine learning-rate schedule.
+
+    Args:
+        dataset: map-style data set of ``(image (C, H, W) in [0, 1], int label)``.
+        arch: ``"A"``-``"D"`` or ``"source"``.
+        num_classes: default: the data set's ``classes`` attribute, else max label + 1.
+        epochs, batch_size, lr: optimisation settings.
+        device: where to train (default CPU).
+        seed: seeds initialisation and shuffling.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The trained classifier in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    image, _ = dataset[0]
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        raise ValueError(f"dataset items must be (image tensor (C, H, W), label), got {type(image).__name__}")
+    if num_classes is None:
+        classes = getattr(dataset, "classes", None)
+        num_classes = len(classes) if classes else 1 + max(int(dataset[i][1]) for i in range(len(dataset)))
+    device = torch.device(device or "cpu")
+    torch.manual_seed(seed)
+    model = PaperClassifier(ClassifierConfig(arch, tuple(image.shape), num_classes)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False)
+    total_steps = epochs * len(loader)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+    model.train()
+    for epoch in range(epochs):
+        bar = tqdm(loader, desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for images, labels in bar:
+            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return model.eval()

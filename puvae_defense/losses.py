@@ -1,0 +1,154 @@
+"""PuVAE training objective (eq. 9-13 of the paper) and the optional terms of our recipe.
+
+All terms are per-image values averaged over the batch. ``"sum"`` reductions sum the
+reconstruction BCE over pixels and the KL over latent dimensions (a proper per-image
+negative ELBO); ``"mean"`` averages instead. The paper does not say which it used,
+and the choice changes the effective weight of the KL term by orders of magnitude
+(docs/training.md).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import rmse
+from .model import PuVAE
+
+__all__ = ["PuVAEObjective", "gaussian_kl", "reconstruction_bce", "source_cross_entropy"]
+
+Reduction = Literal["sum", "mean"]
+CEForm = Literal["binary", "categorical"]
+
+
+def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """Eq. 9 with the sign that makes it a loss: ``-[x log x_hat + (1 - x) log(1 - x_hat)]`` per image."""
+    per_pixel = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1)
+    return per_pixel.sum(1) if reduction == "sum" else per_pixel.mean(1)
+
+
+def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """``KL(N(mu, sigma^2) || N(0, I)) = 0.5 * (mu^2 + sigma^2 - log sigma^2 - 1)`` per image.
+
+    The printed eq. 10 (``mu^2 + sigma^2 - log(sigma^2 - 1)``) is garbled; this is the
+    standard Gaussian KL it stands for.
+    """
+    mu, sigma = mu.float(), sigma.float()
+    per_dim = 0.5 * (mu.square() + sigma.square() - 2 * torch.log(sigma.clamp_min(1e-8)) - 1)
+    return per_dim.sum(1) if reduction == "sum" else per_dim.mean(1)
+
+
+def source_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, form: CEForm) -> torch.Tensor:
+    """Cross-entropy of the source classifier's output against the labels, per image.
+
+    ``"binary"`` is eq. 12 as printed: ``-sum_c [y_c log p_c + (1 - y_c) log(1 - p_c)]``
+    with ``p = softmax(logits)`` and one-hot ``y``; ``"categorical"`` is the usual
+    ``-log p_y``.
+    """
+    log_p = F.log_softmax(logits.float(), dim=1)
+    nll = -log_p.gather(1, labels[:, None]).squeeze(1)
+    if form == "categorical":
+        return nll
+    log_not_p = torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+    wrong = torch.ones_like(log_not_p).scatter_(1, labels[:, None], 0.0)
+    return nll - (wrong * log_not_p).sum(1)
+
+
+class PuVAEObjective(nn.Module):
+    """The loss of one training batch, as a module (so DistributedDataParallel can wrap it).
+
+    Terms (each averaged over the batch; ``total`` is their weighted sum):
+
+    - ``rc``: reconstruction BCE of the decoding with the true label (eq. 9);
+    - ``kl``: Gaussian KL of the posterior (eq. 10);
+    - ``ce``: cross-entropy of the frozen source classifier on that decoding (eq. 11-12);
+    - ``wrong_ce`` (beyond the paper): the same cross-entropy for a decoding of the same
+      image conditioned on a random wrong label, against that wrong label;
+    - ``proj`` (beyond the paper): cross-entropy of ``softmax(-proj_scale * RMSE)`` over the
+      projections onto all classes, i.e. the purifier's own decision rule (eq. 15) trained
+      directly.
+
+    With ``input_noise > 0`` the encoder sees ``clip(x + u * a)`` with ``u ~ U(-1, 1)`` per
+    pixel and ``a ~ U(0, input_noise)`` per image, while reconstructions target the clean
+    ``x`` (a denoising objective, as in MagNet); the projection loss measures distances to the
+    noisy input, as purification does.
+
+    Args:
+        vae: the PuVAE being trained.
+        source: the source classifier ``M_s`` (frozen by the caller).
+        rc_reduction, kl_reduction, ce_form, proj_scale, proj_sigma_eps, input_noise: see the trainer's
+            :class:`~puvae_defense.training.TrainConfig`.
+    """
+
+    def __init__(
+        self,
+        vae: PuVAE,
+        source: nn.Module,
+        *,
+        rc_reduction: Reduction,
+        kl_reduction: Reduction,
+        ce_form: CEForm,
+        proj_scale: float,
+        proj_sigma_eps: float,
+        input_noise: float,
+        need_wrong: bool,
+        need_proj: bool,
+    ) -> None:
+        super().__init__()
+        self.vae = vae
+        self.source = source
+        self.rc_reduction: Reduction = rc_reduction
+        self.kl_reduction: Reduction = kl_reduction
+        self.ce_form: CEForm = ce_form
+        self.proj_scale = proj_scale
+        self.proj_sigma_eps = proj_sigma_eps
+        self.input_noise = input_noise
+        self.need_wrong = need_wrong
+        self.need_proj = need_proj
+
+    def _noisy(self, images: torch.Tensor) -> torch.Tensor:
+        if self.input_noise <= 0:
+            return images
+        amplitude = torch.rand(images.shape[0], 1, 1, 1, device=images.device) * self.input_noise
+        noise = (torch.rand_like(images) * 2 - 1) * amplitude
+        return (images + noise).clamp_(0, 1)
+
+    def _decode(self, base: torch.Tensor, labels: torch.Tensor, sigma_eps: float):
+        """Encoder head and decoder for labels ``(N,)`` given the image part ``base (N, H)``."""
+        vae = self.vae
+        _, w_y = vae._split_linear(vae.encoder_in, vae.config.trunk_features)
+        mu, sigma = vae._encoder_head(base + w_y[labels])
+        z = mu + sigma * torch.randn_like(mu) * sigma_eps
+        return vae._decode_logits(z, labels), mu, sigma
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-term batch means; ``total`` is not included (weights are the trainer's)."""
+        vae = self.vae
+        inputs = self._noisy(images)
+        features = vae._trunk_features(inputs)
+        w_x, _ = vae._split_linear(vae.encoder_in, features.shape[1])
+        base = F.linear(features, w_x, vae.encoder_in.bias)
+        logits, mu, sigma = self._decode(base, labels, 1.0)
+        terms = {
+            "rc": reconstruction_bce(logits, images, self.rc_reduction).mean(),
+            "kl": gaussian_kl(mu, sigma, self.kl_reduction).mean(),
+            "ce": source_cross_entropy(self.source(torch.sigmoid(logits)), labels, self.ce_form).mean(),
+        }
+        num_classes = vae.num_classes
+        if self.need_wrong:
+            shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
+            wrong = (labels + shift) % num_classes
+            wrong_logits, _, _ = self._decode(base, wrong, 1.0)
+            ce = source_cross_entropy(self.source(torch.sigmoid(wrong_logits)), wrong, self.ce_form)
+            terms["wrong_ce"] = ce.mean()
+        if self.need_proj:
+            batch = images.shape[0]
+            all_labels = torch.arange(num_classes, device=labels.device).repeat(batch)
+            proj_logits, _, _ = self._decode(base.repeat_interleave(num_classes, 0), all_labels, self.proj_sigma_eps)
+            candidates = torch.sigmoid(proj_logits).reshape(batch, num_classes, -1)
+            distances = rmse(inputs.flatten(1), candidates)
+            terms["proj"] = F.cross_entropy(-self.proj_scale * distances, labels)
+        return terms

@@ -1,0 +1,515 @@
+"""``fit``: train a PuVAE on any labelled image data set (section 3.1 of the paper).
+
+The loss is ``lambda_rc * L_RC + lambda_kl * L_KL + lambda_ce * L_CE`` (eq. 9-13) with
+``sigma_eps = 1`` and a frozen source classifier, plus the optional terms of
+:class:`~puvae_defense.losses.PuVAEObjective`. Training is single-process by default and
+DistributedDataParallel when launched by ``torchrun``; checkpoints are safetensors files
+written atomically, and a run resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from ._checks import check_images
+from .config import PuVAEConfig
+from .data import ImageDataset
+from .losses import PuVAEObjective
+from .model import PuVAE
+
+__all__ = ["EpochStats", "TrainConfig", "evaluate_purifier", "fit"]
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT_PREFIX = "checkpoint-"
+_KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides the data and the source classifier.
+
+    The defaults are the paper's settings (coefficients 0.01 / 0.1 / 10, Adam 1e-3, batch
+    128); :data:`MNIST_RECIPE` in ``scripts/train_mnist.py`` records what we measured to
+    work (docs/training.md).
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per step (per process under DDP).
+        lr: Adam learning rate.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (decays to 0 over the run).
+        lambda_rc, lambda_kl, lambda_ce: the paper's coefficients (eq. 13).
+        rc_reduction: reconstruction BCE ``"sum"`` or ``"mean"`` over pixels.
+        kl_reduction: KL ``"sum"`` or ``"mean"`` over latent dimensions.
+        kl_warmup_epochs: ramp the KL weight linearly from 0 over this many epochs.
+        ce_form: ``"binary"`` (eq. 12 as printed) or ``"categorical"``.
+        lambda_wrong_ce: weight of the wrong-label source cross-entropy (0 = off).
+        lambda_proj: weight of the projection-classification loss (0 = off).
+        proj_scale: inverse temperature on ``-RMSE`` for that loss.
+        proj_sigma_eps: sampling noise of the projections in that loss.
+        input_noise: maximum L-inf amplitude of the uniform input noise (0 = off).
+        val_size: validation images evaluated after each epoch.
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast (CUDA only).
+        seed: seeds initialisation, data order and sampling.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lambda_rc: float = 0.01
+    lambda_kl: float = 0.1
+    lambda_ce: float = 10.0
+    rc_reduction: Literal["sum", "mean"] = "sum"
+    kl_reduction: Literal["sum", "mean"] = "sum"
+    kl_warmup_epochs: float = 0.0
+    ce_form: Literal["binary", "categorical"] = "binary"
+    lambda_wrong_ce: float = 0.0
+    lambda_proj: float = 0.0
+    proj_scale: float = 100.0
+    proj_sigma_eps: float = 0.1
+    input_noise: float = 0.0
+    val_size: int = 1000
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "val_size" else 1):
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "lambda_rc", "lambda_kl", "lambda_ce", "kl_warmup_epochs", "lambda_wrong_ce",
+                     "lambda_proj", "proj_scale", "proj_sigma_eps", "input_noise"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
+        choices = {"lr_schedule": ("constant", "cosine"), "rc_reduction": ("sum", "mean"), "kl_reduction": ("sum", "mean"),
+                   "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed; unknown names are an error listing the valid ones."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise TypeError(f"unknown training options {unknown}; valid options: {sorted(fields)}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Metrics of one epoch: training loss terms (batch means) and validation results.
+
+    Validation (on the first ``val_size`` images of ``val_dataset``): ``val_rmse`` of the
+    decoding of ``mu`` with the true label, ``val_kl`` in nats per image, ``val_source_acc``
+    of the source classifier on that decoding, ``val_projection_acc`` (eq. 15 picks the
+    true class) and ``val_purified_acc`` (source classifier on the purified image), both
+    with ``sigma_eps = 0.1``. Accuracies are percentages; NaN when there is no validation.
+    """
+
+    epoch: int
+    seconds: float
+    train: Mapping[str, float]
+    val_rmse: float = math.nan
+    val_kl: float = math.nan
+    val_source_acc: float = math.nan
+    val_projection_acc: float = math.nan
+    val_purified_acc: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return {**dataclasses.asdict(self), "train": dict(self.train)}
+
+
+# ---------------------------------------------------------------------------- checks
+def _labels_of(dataset: Dataset[Any]) -> torch.Tensor:
+    """All labels of a data set, read from an attribute when there is one."""
+    for attribute in ("labels", "targets"):
+        values = getattr(dataset, attribute, None)
+        if values is not None:
+            return torch.as_tensor(values)
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) == 2:
+        return torch.as_tensor(tensors[1])
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def _check_dataset(dataset: Dataset[Any], name: str, image_shape: tuple[int, ...] | None) -> tuple[tuple[int, int, int], torch.Tensor]:
+    """Check items' format and values on a sample, all labels; returns ``(image_shape, labels)``."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if size == 0:
+        raise ValueError(f"{name} is empty")
+    sample_indices = sorted({int(i) for i in torch.linspace(0, size - 1, min(size, 64))})
+    for index in sample_indices:
+        item = dataset[index]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"{name}[{index}] must be an (image, label) pair, got {type(item).__name__}")
+        image, label = item
+        if image_shape is None:
+            if not isinstance(image, torch.Tensor) or image.dim() != 3:
+                raise ValueError(f"{name}[{index}] image must be a tensor (C, H, W), got {getattr(image, 'shape', type(image))}")
+            image_shape = tuple(image.shape)
+        check_images(image.unsqueeze(0) if isinstance(image, torch.Tensor) else image, image_shape,  # type: ignore[arg-type]
+                     name=f"{name}[{index}] image")
+        if isinstance(label, torch.Tensor):
+            label = label.item() if label.numel() == 1 else label
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise ValueError(f"{name}[{index}] label must be an integer class index, got {label!r}")
+    labels = _labels_of(dataset)
+    if labels.dtype.is_floating_point or labels.shape != (size,):
+        raise ValueError(f"{name} labels must be {size} integer class indices")
+    return image_shape, labels.long()  # type: ignore[return-value]
+
+
+def _check_source(source: nn.Module, image_shape: tuple[int, int, int], num_classes: int, device: torch.device) -> None:
+    if not callable(source):
+        raise TypeError(f"source_clf must be a callable nn.Module, got {type(source).__name__}")
+    with torch.no_grad():
+        logits = source(torch.rand(2, *image_shape, device=device))
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the source classifier must return (B, {num_classes}) logits for images {image_shape}, got {got}"
+        )
+
+
+# ---------------------------------------------------------------------------- data
+def _batches(
+    dataset: Dataset[Any], indices: torch.Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches in the order of ``indices``; in-memory data sets are sliced directly."""
+    if isinstance(dataset, ImageDataset):
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            yield dataset.images[idx].to(device, non_blocking=True), dataset.labels[idx].to(device, non_blocking=True)
+        return
+    batches = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=default_collate)
+    for images, labels in loader:
+        yield images.to(device), torch.as_tensor(labels).to(device)
+
+
+def _epoch_indices(size: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    if world > 1:  # same shards as DistributedSampler: pad to a multiple of world, stride by rank
+        padded = math.ceil(size / world) * world
+        order = torch.cat([order, order[: padded - size]])
+        order = order[rank::world]
+    return order
+
+
+# ---------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_purifier(
+    vae: PuVAE,
+    source: nn.Module,
+    dataset: Dataset[Any],
+    *,
+    limit: int | None = None,
+    batch_size: int = 250,
+    sigma_eps: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Validation metrics of a PuVAE (see :class:`EpochStats` for their meaning)."""
+    device = torch.device(device) if device is not None else vae.encoder_in.weight.device
+    was_training = vae.training
+    vae.eval()
+    size = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(seed)
+    sums = {"rmse": 0.0, "kl": 0.0, "source": 0, "projection": 0, "purified": 0}
+    for images, labels in _batches(dataset, torch.arange(size), batch_size, device):
+        mu, sigma = vae.encode(images, labels)
+        recon = vae.decode(mu, labels)
+        sums["rmse"] += float((recon - images).flatten(1).square().mean(1).sqrt().sum())
+        sums["kl"] += float((0.5 * (mu.square() + sigma.square() - 2 * sigma.log() - 1)).sum())
+        sums["source"] += int((source(recon).argmax(1) == labels).sum())
+        projection = vae.project(images, sigma_eps, generator)
+        sums["projection"] += int((projection.labels == labels).sum())
+        sums["purified"] += int((source(projection.purified).argmax(1) == labels).sum())
+    vae.train(was_training)
+    return {
+        "val_rmse": sums["rmse"] / size,
+        "val_kl": sums["kl"] / size,
+        "val_source_acc": 100.0 * sums["source"] / size,
+        "val_projection_acc": 100.0 * sums["projection"] / size,
+        "val_purified_acc": 100.0 * sums["purified"] / size,
+    }
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _checkpoints(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"{_CHECKPOINT_PREFIX}*.safetensors"))
+
+
+def _save_checkpoint(
+    directory: Path,
+    vae: PuVAE,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int,
+    step: int,
+    recipe: TrainConfig,
+    history: list[EpochStats],
+) -> Path:
+    """Write model, optimizer, progress and RNG state atomically (temporary file + os.replace)."""
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    metadata = {
+        "format": "puvae-defense-checkpoint-1",
+        "epoch": str(epoch),
+        "step": str(step),
+        "recipe": json.dumps(dataclasses.asdict(recipe)),
+        "puvae_config": json.dumps(vae.config.to_dict()),
+        "param_groups": json.dumps(opt_state["param_groups"]),
+        "optimizer_scalars": json.dumps(scalars),
+        "history": json.dumps([h.to_dict() for h in history]),
+    }
+    path = directory / f"{_CHECKPOINT_PREFIX}{epoch:04d}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    for old in _checkpoints(directory)[:-_KEEP_CHECKPOINTS]:
+        old.unlink()
+    return path
+
+
+def _load_checkpoint(path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, recipe: TrainConfig) -> tuple[int, int, list[EpochStats]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    saved = json.loads(metadata["recipe"])
+    current = dataclasses.asdict(recipe)
+    differ = sorted(k for k in current if k != "epochs" and saved.get(k) != current[k])
+    if differ or json.loads(metadata["puvae_config"]) != vae.config.to_dict():
+        raise ValueError(
+            f"{path.parent} holds a run with other settings ({differ or 'PuVAE config'}); resume with the same "
+            "settings or use another checkpoint_dir"
+        )
+    tensors = load_file(str(path))
+    vae.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in json.loads(metadata["optimizer_scalars"]).items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
+    history = [EpochStats(**h) for h in json.loads(metadata["history"])]
+    return int(metadata["epoch"]), int(metadata["step"]), history
+
+
+# ---------------------------------------------------------------------------- distributed
+def _distributed_setup(device: torch.device | str | None) -> tuple[int, int, torch.device, bool]:
+    """``(rank, world, device, initialised_here)``; DDP when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        resolved = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return 0, 1, resolved, False
+    initialised_here = not dist.is_initialized()
+    if initialised_here:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() and device != "cpu" else "gloo")
+    rank = dist.get_rank()
+    if device is not None:
+        resolved = torch.device(device)
+    elif torch.cuda.is_available():
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        resolved = torch.device("cpu")
+    return rank, dist.get_world_size(), resolved, initialised_here
+
+
+def _lr_factor(recipe: TrainConfig, step: int, total_steps: int) -> float:
+    if recipe.lr_schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _kl_weight(recipe: TrainConfig, progress_epochs: float) -> float:
+    if recipe.kl_warmup_epochs <= 0:
+        return recipe.lambda_kl
+    return recipe.lambda_kl * min(1.0, progress_epochs / recipe.kl_warmup_epochs)
+
+
+# ---------------------------------------------------------------------------- fit
+def fit(
+    dataset: Dataset[Any],
+    source_clf: nn.Module,
+    *,
+    config: PuVAEConfig | None = None,
+    recipe: TrainConfig | None = None,
+    val_dataset: Dataset[Any] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> PuVAE:
+    """Train a PuVAE on a labelled image data set.
+
+    Args:
+        dataset: map-style data set of ``(image (C, H, W) floats in [0, 1], int label)``.
+        source_clf: the source classifier ``M_s`` (returns ``(B, num_classes)`` logits).
+            It is copied and frozen (eval mode, no gradient); the caller's module is untouched.
+        config: PuVAE layer sizes; default the paper's sizes for the data set's image
+            shape and class count (``classes`` attribute, else the source's output width).
+        recipe: a :class:`TrainConfig` (default: the paper's settings).
+        val_dataset: evaluated after every epoch (first ``val_size`` images).
+        checkpoint_dir: write a checkpoint after every epoch and resume from the latest.
+        device: default CUDA when available (under torchrun: ``cuda:LOCAL_RANK``).
+        progress: show a tqdm bar with the loss terms (rank 0 only).
+        **options: any :class:`TrainConfig` field, overriding ``recipe``: ``epochs``,
+            ``batch_size``, ``lr``, ``lambda_rc``, ``lambda_kl``, ``lambda_ce``, ``seed``, ...
+
+    Returns:
+        The trained PuVAE in eval mode, with ``training_history`` (a tuple of
+        :class:`EpochStats`) attached.
+
+    Raises:
+        ValueError / TypeError: bad data, labels, shapes or options, before training starts.
+    """
+    from tqdm.auto import tqdm
+
+    recipe = (recipe or TrainConfig()).replace(**options)
+    rank, world, device, initialised_here = _distributed_setup(device)
+    if recipe.amp != "off" and device.type != "cuda":
+        raise ValueError(f"amp={recipe.amp!r} needs a CUDA device, got {device}")
+    image_shape, labels = _check_dataset(dataset, "dataset", config.image_shape if config else None)
+    num_classes = config.num_classes if config else _infer_classes(dataset, source_clf, image_shape, device)
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"dataset labels range from {int(labels.min())} to {int(labels.max())}, outside [0, {num_classes - 1}]"
+        )
+    if val_dataset is not None:
+        _check_dataset(val_dataset, "val_dataset", image_shape)
+    config = config or PuVAEConfig(image_shape=image_shape, num_classes=num_classes)
+    source = copy.deepcopy(source_clf).to(device).eval().requires_grad_(False)
+    _check_source(source, image_shape, num_classes, device)
+
+    torch.manual_seed(recipe.seed)
+    vae = PuVAE(config).to(device).train()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=recipe.lr)
+    objective: nn.Module = PuVAEObjective(
+        vae, source, rc_reduction=recipe.rc_reduction, kl_reduction=recipe.kl_reduction, ce_form=recipe.ce_form, proj_scale=recipe.proj_scale,
+        proj_sigma_eps=recipe.proj_sigma_eps, input_noise=recipe.input_noise,
+        need_wrong=recipe.lambda_wrong_ce > 0, need_proj=recipe.lambda_proj > 0,
+    )
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    torch.manual_seed(recipe.seed * 7919 + rank)  # per-rank sampling noise
+
+    start_epoch, step, history = 0, 0, []
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        existing = _checkpoints(directory)
+        if existing:
+            start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe)
+            logger.info("resuming from %s (epoch %d)", existing[-1], start_epoch)
+
+    size = len(dataset)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(math.ceil(size / world) / recipe.batch_size)
+    total_steps = recipe.epochs * steps_per_epoch
+    weights = {"rc": recipe.lambda_rc, "ce": recipe.lambda_ce, "wrong_ce": recipe.lambda_wrong_ce, "proj": recipe.lambda_proj}
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16 if recipe.amp == "bf16" else torch.float16)
+        if recipe.amp != "off" else nullcontext()
+    )
+    scaler = torch.amp.GradScaler("cuda") if recipe.amp == "fp16" else None
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            started = time.perf_counter()
+            sums: dict[str, float] = {}
+            indices = _epoch_indices(size, recipe.seed, epoch, rank, world)
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not progress or rank != 0, leave=False)
+            for batch_index, (images, targets) in enumerate(_batches(dataset, indices, recipe.batch_size, device)):
+                check_images(images, image_shape, name="training batch")
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * _lr_factor(recipe, step, total_steps)
+                with autocast:
+                    terms = objective(images, targets)
+                terms = {key: value.float() for key, value in terms.items()}
+                kl_weight = _kl_weight(recipe, epoch + batch_index / steps_per_epoch)
+                total = kl_weight * terms["kl"] + sum(weights[k] * v for k, v in terms.items() if k != "kl")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(total).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    total.backward()
+                    optimizer.step()
+                step += 1
+                values = {key: value.item() for key, value in {"total": total, **terms}.items()}
+                if not math.isfinite(values["total"]):
+                    raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step}: loss {values['total']}")
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.update()
+                bar.set_postfix({k: f"{v / (batch_index + 1):.4g}" for k, v in sums.items()})
+            bar.close()
+            stats = EpochStats(epoch + 1, time.perf_counter() - started, {k: v / steps_per_epoch for k, v in sums.items()})
+            if rank == 0 and val_dataset is not None and recipe.val_size > 0:
+                metrics = evaluate_purifier(vae, source, val_dataset, limit=recipe.val_size, seed=recipe.seed)
+                stats = dataclasses.replace(stats, **metrics)
+            history.append(stats)
+            if rank == 0:
+                logger.info("epoch %d: %s", epoch + 1, json.dumps(stats.to_dict()))
+                if directory is not None:
+                    _save_checkpoint(directory, vae, optimizer, epoch=epoch + 1, step=step, recipe=recipe, history=history)
+            if world > 1:
+                dist.barrier()
+    finally:
+        if initialised_here:
+            dist.destroy_process_group()
+    vae.eval()
+    vae.training_history = tuple(history)
+    return vae
+
+
+def _infer_classes(dataset: Dataset[Any], source: nn.Module, image_shape: tuple[int, int, int], device: torch.device) -> int:
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        return len(classes)
+    with torch.no_grad():
+        logits = copy.deepcopy(source).to(device).eval()(torch.rand(1, *image_shape, device=device))
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError("cannot infer the number of classes: give config=PuVAEConfig(num_classes=...)")
+    return int(logits.shape[1])

