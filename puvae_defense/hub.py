@@ -262,6 +262,8 @@ def _resolve_entry(entry: PretrainedEntry, revision: str | None) -> Path:
     except unreachable:
         tried.append("the Hugging Face cache (not there)")
     try:
+        if not _reachable(_endpoint()):
+            raise ConnectionError(f"no answer from {_endpoint()}")
         weights = _download(entry.repo_id, rev, entry.filename, local_only=False)
     except answered as err:
         raise FileNotFoundError(f"cannot fetch {entry.name!r}: {_explain_answer(err, entry.repo_id, rev, entry.filename)}") from err
@@ -308,6 +310,24 @@ def _endpoint() -> str:
     from huggingface_hub import constants
 
     return str(constants.ENDPOINT)
+
+
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One quick request to the Hub (through huggingface_hub's session, so proxies apply).
+
+    huggingface_hub retries a refused connection for about 23 s before giving up; this
+    check lets a source checkout fall back to its bundled copy at once. Offline mode
+    skips it (the download then fails fast by itself).
+    """
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    try:
+        get_session().head(endpoint, timeout=timeout)
+    except (OSError, *_hub_errors()[1]):
+        return False
+    return True
 
 
 def push_to_hub(
@@ -359,3 +379,28 @@ def update_registry(registry_path: str | Path, name: str, *, revision: str | Non
             _registry.cache_clear()
             return
     raise ValueError(f"{name!r} is not in {path}; known: {sorted(r['name'] for r in data['models'])}")
+
+
+def registry_markdown() -> str:
+    """``docs/weights.md``: the registry as Markdown (generated, never edited by hand)."""
+    lines = [
+        "# Pretrained weights",
+        "",
+        "Generated from `puvae_defense/registry.json` by `python scripts/build_registry.py`; do not edit.",
+        f"Every repository lives under the Hugging Face organisation `{ORGANIZATION}`. An entry with no",
+        "revision is not published yet: its sha256 alone pins the file (downloaded from `main`, or taken",
+        "from the copy bundled under `hub/<name>/` in a source checkout).",
+        "",
+        "| name | type | repository | revision | sha256 | parameters | data set |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in list_models():
+        e = get_entry(name)
+        revision = f"`{e.revision[:12]}`" if e.revision else "unpublished"
+        lines.append(f"| `{name}` | {e.model_type} | `{e.repo_id}` | {revision} | `{e.sha256[:16]}...` | "
+                     f"{e.num_params:,} | {e.dataset} |")
+    for name in list_models():
+        e = get_entry(name)
+        lines += ["", f"## {name}", "", e.description, "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value:.2f} |" for key, value in e.metrics.items()]
+    return "\n".join(lines) + "\n"
