@@ -1,0 +1,213 @@
+"""Command line: ``puvae-defense {data,train,train-classifier,evaluate,push,list-models}``.
+
+Argument parsing only; every command calls the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from .training import TrainConfig
+
+    for item in dataclasses.fields(TrainConfig):
+        default = item.default
+        kind = type(default) if not isinstance(default, bool) else str
+        parser.add_argument(f"--{item.name.replace('_', '-')}", type=kind, default=None,
+                            help=f"TrainConfig.{item.name} (default {default!r})")
+
+
+def _load_classifier(name_or_path: str, device: str):
+    from .classifiers import PaperClassifier
+
+    return PaperClassifier.from_pretrained(name_or_path, device=device)
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from .data import fetch
+
+    print(f"{args.name}: files verified in {fetch(args.name, args.root)}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import load_dataset
+    from .training import TrainConfig, fit
+
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    source = _load_classifier(args.source, args.device or "cpu")
+    model = fit(
+        load_dataset(args.dataset, "train", root=args.data_root),
+        source,
+        val_dataset=load_dataset(args.dataset, "val", root=args.data_root),
+        checkpoint_dir=args.checkpoint_dir,
+        device=args.device,
+        **options,
+    )
+    model.save_pretrained(args.out, dtype=None if args.fp32 else torch.float16)
+    (Path(args.out) / "history.json").write_text(json.dumps([h.to_dict() for h in model.training_history], indent=2))
+    print(f"saved {args.out}")
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> None:
+    import torch
+
+    from .classifiers import accuracy, fit_classifier
+    from .data import load_dataset
+
+    model = fit_classifier(load_dataset(args.dataset, "train", root=args.data_root), args.arch,
+                           epochs=args.epochs, device=args.device, seed=args.seed)
+    val = accuracy(model, load_dataset(args.dataset, "val", root=args.data_root), device=args.device)
+    model.save_pretrained(args.out, dtype=torch.float16)
+    print(f"classifier {args.arch}: validation accuracy {val:.2f}%; saved {args.out}")
+
+
+def _evaluation_inputs(args: argparse.Namespace):
+    from .classifier import PurifiedClassifier
+    from .data import load_dataset
+    from .model import PuVAE
+
+    purifier = PuVAE.from_pretrained(args.purifier, device=args.device)
+    classifiers = dict(item.split("=", 1) for item in args.classifiers)
+    nets = {name: _load_classifier(path, args.device) for name, path in classifiers.items()}
+    defended = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps) for name, net in nets.items()}
+    return purifier, nets, defended, load_dataset(args.dataset, "test", root=args.data_root)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .evaluation import ADAPTIVE_ATTACKS, EvalSettings, evaluate, results_markdown
+
+    # Same seed, same hardware, same numbers: no autotuned or nondeterministic kernels.
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+    purifier, nets, defended, test = _evaluation_inputs(args)
+    settings = EvalSettings(
+        attacks=tuple(args.attacks), adaptive=tuple(a for a in ADAPTIVE_ATTACKS if args.adaptive_limit > 0),
+        limit=args.limit, adaptive_limit=args.adaptive_limit, batch_size=args.batch_size,
+        sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
+    )
+    report = evaluate(nets, defended, test, settings, progress=not args.quiet)
+    report["meta"]["command"] = "puvae-defense " + " ".join(sys.argv[1:])
+    report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = results_markdown(report)
+    (out / f"{args.name}.md").write_text(table)
+    print(table)
+    if args.figure:
+        from .visualize import projection_figure
+
+        projection_figure(purifier, nets[next(iter(nets))], test, Path(args.figure), seed=args.seed)
+        print(f"wrote {args.figure}")
+
+
+def _cmd_push(args: argparse.Namespace) -> None:
+    from .hub import push_to_hub, update_registry
+
+    commit, sha256 = push_to_hub(args.folder, args.repo_id, private=args.private)
+    print(f"pushed {args.folder} to {args.repo_id}: revision {commit}, sha256 {sha256}")
+    if args.update_registry:
+        registry = Path(__file__).resolve().parent / "registry.json"
+        update_registry(registry, args.update_registry, revision=commit, sha256=sha256)
+        print(f"pinned {args.update_registry!r} in {registry}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from .hub import get_entry, list_models
+
+    for name in list_models():
+        entry = get_entry(name)
+        pin = entry.revision[:12] if entry.revision else "unpublished (sha256 pin)"
+        print(f"{name:24} {entry.model_type:10} {entry.repo_id:40} {pin}  {entry.description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``puvae-defense``."""
+    parser = argparse.ArgumentParser(prog="puvae-defense", description="PuVAE adversarial purification")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="offline data sets")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    fetch = data_sub.add_parser("fetch", help="lay out a data set's files and verify their md5")
+    fetch.add_argument("name", choices=["mnist", "fashion-mnist"])
+    fetch.add_argument("--root", default=None, help="data root (default $PUVAE_DEFENSE_DATA or the user cache)")
+    fetch.set_defaults(func=_cmd_data)
+
+    train = sub.add_parser("train", help="train a PuVAE (fit)")
+    train.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    train.add_argument("--source", required=True, help="source classifier: folder or registered name")
+    train.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
+    train.add_argument("--checkpoint-dir", default=None)
+    train.add_argument("--device", default=None)
+    train.add_argument("--data-root", default=None)
+    train.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
+    _add_train_options(train)
+    train.set_defaults(func=_cmd_train)
+
+    train_clf = sub.add_parser("train-classifier", help="train one of the paper's classifiers")
+    train_clf.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    train_clf.add_argument("--arch", required=True, choices=["A", "B", "C", "D", "source"])
+    train_clf.add_argument("--out", required=True)
+    train_clf.add_argument("--epochs", type=int, default=10)
+    train_clf.add_argument("--seed", type=int, default=0)
+    train_clf.add_argument("--device", default=None)
+    train_clf.add_argument("--data-root", default=None)
+    train_clf.set_defaults(func=_cmd_train_classifier)
+
+    ev = sub.add_parser("evaluate", help="reproduce Table 2 (gray-box) and run adaptive attacks")
+    ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    ev.add_argument("--purifier", default="puvae-mnist")
+    ev.add_argument("--classifiers", nargs="+", default=["A=mnist-classifier-a", "B=mnist-classifier-b"],
+                    metavar="NAME=MODEL")
+    ev.add_argument("--attacks", nargs="+", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"])
+    ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
+    ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")
+    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--sigma-eps", type=float, default=0.1)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--data-root", default=None)
+    ev.add_argument("--out", default="docs/results")
+    ev.add_argument("--name", default="table2_mnist")
+    ev.add_argument("--figure", default=None, help="also write the projection figure (PNG) here")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    push = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--update-registry", metavar="NAME", default=None,
+                      help="pin NAME in puvae_defense/registry.json to the new revision and sha256")
+    push.set_defaults(func=_cmd_push)
+
+    listing = sub.add_parser("list-models", help="list the registered pretrained models")
+    listing.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from puvae_defense import PuVAE, PurifiedClassifier
+from puvae_defense.attacks import bpda
+from puvae_defense.evaluation import ADAPTIVE_ATTACKS, PAPER_ATTACKS, EvalSettings, evaluate, results_markdown
+
+from conftest import synthetic_dataset, tiny_source
+
+QUICK = {"cw_steps": 3, "cw_binary_search_steps": 1, "pgd_steps": 2, "eot_samples": 2, "ifgsm_steps": 2}
+
+
+def _setup(vae: PuVAE):
+    net = tiny_source().eval()
+    return {"A": net}, {"A": PurifiedClassifier(net, vae)}
+
+
+def test_report_is_well_formed(tiny_vae: PuVAE) -> None:
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(24)
+    settings = EvalSettings(limit=20, adaptive_limit=6, batch_size=8, overrides=QUICK)
+    report = evaluate(nets, defended, data, settings, progress=False)
+    result = report["classifiers"]["A"]
+    assert result["n"] == 20 and result["adaptive_n"] == 6
+    assert set(result["gray_box"]) == set(PAPER_ATTACKS) and set(result["adaptive"]) == set(ADAPTIVE_ATTACKS)
+    values = [result["clean_accuracy"], result["clean_through_puvae"], *result["adaptive"].values()]
+    values += [v for cell in result["gray_box"].values() for v in cell.values()]
+    assert all(0 <= v <= 100 and math.isfinite(v) for v in values)
+    assert report["meta"]["attack_params"]["cw_steps"] == 3 and report["meta"]["settings"]["seed"] == 0
+    json.dumps(report)  # JSON-ready
+    table = results_markdown(report)
+    assert "| A | FGSM |" in table and "(99.51," in table and "| A | 6 |" in table
+
+
+def test_same_seed_same_numbers(tiny_vae: PuVAE) -> None:
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=("PGD + EOT",), adaptive_limit=8, batch_size=8, overrides=QUICK)
+    first = evaluate(nets, defended, data, settings, progress=False)["classifiers"]
+    second = evaluate(nets, defended, data, settings, progress=False)["classifiers"]
+    for key in ("clean_through_puvae", "gray_box", "adaptive"):
+        assert first["A"][key] == second["A"][key]
+
+
+def test_bpda_and_full_gradients_are_finite_and_nonzero(tiny_vae: PuVAE, images: torch.Tensor) -> None:
+    model = PurifiedClassifier(tiny_source().eval(), tiny_vae)
+    for forward in (model, bpda(lambda x: model.purify(x).purified, model.classify_purified)):
+        x = images.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(forward(x), torch.zeros(len(x), dtype=torch.long)).backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
