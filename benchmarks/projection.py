@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from puvae_defense import PuVAE, PuVAEConfig
+from puvae_defense import PuVAE, PuVAEConfig, PurifiedClassifier
+from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
 
 
 def multiply_adds(config: PuVAEConfig) -> tuple[int, int]:
@@ -67,6 +68,19 @@ def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> 
     return 2 * size**3 / (statistics.median(times) * 1e-3) / 1e9
 
 
+def _with_tf32(fn: Callable[[], object]) -> object:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        return fn()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
+def _with_bf16(fn: Callable[[], object]) -> object:
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return fn()
+
+
 def bench_shape(shape: tuple[int, int, int], device: torch.device, batch: int, repeats: int) -> dict:
     torch.manual_seed(0)
     config = PuVAEConfig(image_shape=shape)
@@ -78,8 +92,13 @@ def bench_shape(shape: tuple[int, int, int], device: torch.device, batch: int, r
         "batched": lambda: model.project(x, sigma_eps=0.1),
         "per_class_loop": lambda: model.project_per_class(x, sigma_eps=0.1),
     }
+    arch = "A" if shape[0] == 1 else "C"
+    defended = PurifiedClassifier(PaperClassifier(ClassifierConfig(arch, shape)).to(device).eval(), model)
+    methods["purified_classifier_end_to_end"] = lambda: defended(x)
     if device.type == "cuda":
         methods["batched_torch_select"] = lambda: model.project(x, sigma_eps=0.1, backend="torch")
+        methods["batched_tf32"] = lambda: _with_tf32(lambda: model.project(x, sigma_eps=0.1))
+        methods["batched_bf16_autocast"] = lambda: _with_bf16(lambda: model.project(x, sigma_eps=0.1))
     times: dict[str, list[float]] = {name: [] for name in methods}
     with torch.no_grad():
         same = torch.equal(model.project(x, 0.0).labels, model.project_per_class(x, 0.0).labels)
@@ -104,6 +123,8 @@ def bench_shape(shape: tuple[int, int, int], device: torch.device, batch: int, r
                                     "batched": shared + classes * per_class,
                                     "per_class_loop": classes * (shared + per_class)},
         "achieved_gflops": {name: flops[name] / (medians[name] * 1e-3) / 1e9 for name in flops},
+        "purified_classifier_images_per_second": batch / (medians["purified_classifier_end_to_end"] * 1e-3),
+        "end_to_end_classifier": arch,
     }
     return result
 
@@ -135,11 +156,12 @@ def main() -> None:
     out = args.out or Path(__file__).resolve().parent.parent / "docs" / "results" / f"benchmark_projection_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'shape':>10} {'batched ms':>11} {'loop ms':>9} {'speed-up':>8} {'GFLOP/s':>8} (matmul {gemm:.0f})")
+    print(f"{'shape':>10} {'batched ms':>11} {'loop ms':>9} {'speed-up':>8} {'GFLOP/s':>8} {'img/s e2e':>10} (matmul {gemm:.0f})")
     for case in report["cases"]:
         med = case["median_ms"]
         print(f"{'x'.join(map(str, case['image_shape'])):>10} {med['batched']:11.2f} {med['per_class_loop']:9.2f} "
-              f"{case['speedup_batched_vs_loop']:8.2f} {case['achieved_gflops']['batched']:8.1f}")
+              f"{case['speedup_batched_vs_loop']:8.2f} {case['achieved_gflops']['batched']:8.1f} "
+              f"{case['purified_classifier_images_per_second']:10.0f}")
     print(f"wrote {out}")
 
 

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,7 +101,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
     )
     report = evaluate(nets, defended, test, settings, progress=not args.quiet)
-    report["meta"]["command"] = "puvae-defense " + " ".join(sys.argv[1:])
+    report["meta"]["command"] = shlex.join(["puvae-defense", *args.argv])
     report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--purifier", default="puvae-mnist")
     ev.add_argument("--classifiers", nargs="+", default=["A=mnist-classifier-a", "B=mnist-classifier-b"],
                     metavar="NAME=MODEL")
-    ev.add_argument("--attacks", nargs="+", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"])
+    ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],
+                    help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
     ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
     ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")
     ev.add_argument("--batch-size", type=int, default=500)
@@ -203,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     args.func(args)
     return 0

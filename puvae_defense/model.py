@@ -278,7 +278,7 @@ class PuVAE(nn.Module):
         for start in range(0, batch, images_per_chunk):
             chunk = images[start : start + images_per_chunk]
             candidates = self._project_chunk(chunk, noise[start : start + images_per_chunk])
-            flat = chunk.reshape(chunk.shape[0], -1).to(dtype)
+            flat = chunk.reshape(chunk.shape[0], -1).to(candidates.dtype)  # candidates are bf16 under autocast
             sel = select_closest(flat, candidates.reshape(chunk.shape[0], num_classes, -1), backend=backend)
             purified.append(sel.selected.view(chunk.shape[0], *self.config.image_shape))
             labels.append(sel.indices)

@@ -11,6 +11,10 @@ set -u
 OUT=${OUT:?set OUT}
 WORK=${WORK:-/tmp/puvae-work}
 BUDGET=${BUDGET:-580}                  # seconds for the whole session
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
+if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
+else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; fi
 START=$(date +%s)
 mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -36,25 +40,36 @@ bundle() {
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } > "$WORK/logs/environment.txt" 2>&1
 stamp "tests on CUDA"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -W default tests/test_kernels.py tests/test_model.py > "$WORK/logs/pytest_cuda.log" 2>&1
-stamp "pytest exit $?"
-timeout 120 python3 benchmarks/projection.py --device cuda --repeats 20 --out "$WORK/results/benchmark_projection_cuda.json" > "$WORK/logs/benchmark.log" 2>&1
+timeout 150 python3 -m pytest -q -p no:cacheprovider -W default tests/test_kernels.py tests/test_model.py ${SMOKE:+-k "not 3072"} > "$WORK/logs/pytest_cuda.log" 2>&1
+status=$?
+stamp "pytest exit $status"
+if ! grep -q "passed" "$WORK/logs/pytest_cuda.log" || grep -q "test_kernels.*FAILED\|FAILED tests/test_kernels" "$WORK/logs/pytest_cuda.log"; then
+    export PUVAE_DEFENSE_KERNEL=torch   # keep training and evaluation alive on the reference path
+    stamp "kernel tests failed: using the torch reference for the rest of the session"
+fi
+timeout 120 python3 benchmarks/projection.py --device "$DEVICE" --repeats $REPEATS --out "$WORK/results/benchmark_projection_$DEVICE.json" > "$WORK/logs/benchmark.log" 2>&1
 stamp "benchmark exit $?"
 bundle
-EVAL_RESERVE=${EVAL_RESERVE:-150}
+EVAL_RESERVE=${EVAL_RESERVE:-130}
 stamp "training, budget $(( $(left) - EVAL_RESERVE )) s"
-timeout $(( $(left) - 30 )) python3 scripts/train_mnist.py --device cuda --out "$WORK/hub" --work "$WORK/runs" \
-    --time-budget $(( $(left) - EVAL_RESERVE )) > "$WORK/logs/train.log" 2>&1
+timeout $(( $(left) - 30 )) python3 scripts/train_mnist.py --device "$DEVICE" --out "$WORK/hub" --work "$WORK/runs" \
+    --time-budget $(( $(left) - EVAL_RESERVE )) "${TRAIN_EXTRA[@]}" > "$WORK/logs/train.log" 2>&1
 stamp "train exit $?"
 bundle
-if [ -f "$WORK/hub/puvae-mnist/model.safetensors" ] && [ "$(left)" -gt 40 ]; then
-    stamp "evaluation, $(left) s left"
-    timeout $(( $(left) - 15 )) python3 -m puvae_defense.cli evaluate --device cuda --quiet \
-        --purifier "$WORK/hub/puvae-mnist" \
-        --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" \
-        --out "$WORK/results" --name table2_mnist > "$WORK/logs/evaluate.log" 2>&1
-    stamp "evaluate exit $?"
-fi
+evaluate() {  # name, then extra options
+    local name=$1; shift
+    if [ -f "$WORK/hub/puvae-mnist/model.safetensors" ] && [ "$(left)" -gt 40 ]; then
+        stamp "evaluation $name, $(left) s left"
+        timeout $(( $(left) - 15 )) python3 -m puvae_defense.cli evaluate --device "$DEVICE" --quiet "${EVAL_EXTRA[@]}" \
+            --purifier "$WORK/hub/puvae-mnist" \
+            --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" \
+            --out "$WORK/results" --name "$name" "$@" > "$WORK/logs/evaluate_$name.log" 2>&1
+        stamp "evaluate $name exit $?"
+        bundle
+    fi
+}
+evaluate table2_mnist --adaptive-limit 0
+evaluate adaptive_mnist --attacks
 bundle
 cat "$WORK/logs/session.log"
-tail -n 5 "$WORK/logs/pytest_cuda.log" "$WORK/logs/benchmark.log" "$WORK/logs/train.log" "$WORK/logs/evaluate.log" 2>/dev/null
+tail -n 12 "$WORK/logs/pytest_cuda.log" "$WORK/logs/benchmark.log" "$WORK/logs/train.log" "$WORK"/logs/evaluate_*.log 2>/dev/null

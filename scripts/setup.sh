@@ -10,3 +10,4 @@ fi
 pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip_install torch==2.14.1 torchvision==0.29.1
 pip_install -e ".[dev,eval]"
+.venv/bin/puvae-defense data fetch mnist

@@ -200,6 +200,12 @@ def test_dtype_follows_the_model(tiny_vae: PuVAE, images: torch.Tensor) -> None:
     assert out.purified.dtype == torch.float64 and out.distances.dtype == torch.float32
 
 
+def test_projection_under_autocast(tiny_vae: PuVAE, images: torch.Tensor) -> None:
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny_vae.project(images, sigma_eps=0.0)
+    assert out.purified.shape == images.shape and out.distances.dtype == torch.float32
+
+
 @pytest.mark.cuda
 def test_cuda_projection_matches_cpu(tiny_vae: PuVAE, images: torch.Tensor) -> None:
     with torch.no_grad():

@@ -2,7 +2,8 @@
 
 ``backend="auto"`` uses the fused Triton kernel for CUDA tensors when Triton imports and
 no gradient is needed, and the pure-torch reference otherwise (the CPU default and the
-oracle in tests). Triton is never imported at package import time.
+oracle in tests); the environment variable ``PUVAE_DEFENSE_KERNEL=torch`` makes "auto"
+always pick the reference. Triton is never imported at package import time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .reference import Selection, rmse, select_closest_reference
 __all__ = ["Backend", "Selection", "rmse", "select_closest", "select_closest_reference", "triton_available"]
 
 Backend = Literal["auto", "torch", "triton"]
+#: Set to ``"torch"`` to make ``backend="auto"`` use the reference everywhere.
+KERNEL_ENV = "PUVAE_DEFENSE_KERNEL"
 _BACKENDS = ("auto", "torch", "triton")
 
 
@@ -87,7 +90,12 @@ def select_closest(
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     _check(inputs, candidates)
     if backend == "auto":
-        use_triton = candidates.is_cuda and triton_available() and not _needs_grad(inputs, candidates)
+        use_triton = (
+            candidates.is_cuda
+            and triton_available()
+            and not _needs_grad(inputs, candidates)
+            and os.environ.get(KERNEL_ENV, "auto") != "torch"
+        )
         backend = "triton" if use_triton else "torch"
     if backend == "torch":
         return select_closest_reference(inputs, candidates)

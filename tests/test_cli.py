@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+
+import torch
+
+from puvae_defense import PuVAE
+from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+from puvae_defense.cli import main
+
+
+def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    torch.manual_seed(0)
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    status = main(["evaluate", "--purifier", str(tmp_path / "vae"), "--classifiers", f"A={tmp_path / 'clf'}",
+                   "--attacks", "FGSM", "iFGSM", "--limit", "12", "--adaptive-limit", "0", "--batch-size", "6",
+                   "--data-root", str(mnist_root), "--out", str(tmp_path / "out"), "--name", "t",
+                   "--figure", str(tmp_path / "out" / "fig.png"), "--quiet"])
+    assert status == 0
+    report = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert report["classifiers"]["A"]["n"] == 12 and set(report["classifiers"]["A"]["gray_box"]) == {"FGSM", "iFGSM"}
+    assert report["meta"]["command"].startswith("puvae-defense evaluate")
+    assert (tmp_path / "out" / "t.md").read_text().startswith("| Classifier |")
+    assert (tmp_path / "out" / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| A | FGSM |" in capsys.readouterr().out
+
+
+def test_data_fetch_verifies_existing_files(mnist_root, capsys) -> None:
+    assert main(["data", "fetch", "mnist", "--root", str(mnist_root)]) == 0
+    assert "files verified" in capsys.readouterr().out
+
+
+def test_list_models(capsys) -> None:
+    assert main(["list-models"]) == 0
