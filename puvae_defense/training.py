@@ -66,7 +66,7 @@ class TrainConfig:
         proj_sigma_eps: sampling noise of the projections in that loss.
         input_noise: maximum L-inf amplitude of the uniform input noise (0 = off).
         val_size: validation images evaluated after each epoch.
-        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast (CUDA only).
+        amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units) or ``"fp16"`` (CUDA) autocast.
         seed: seeds initialisation, data order and sampling.
     """
 
@@ -409,8 +409,8 @@ def fit(
 
     recipe = (recipe or TrainConfig()).replace(**options)
     rank, world, device, initialised_here = _distributed_setup(device)
-    if recipe.amp != "off" and device.type != "cuda":
-        raise ValueError(f"amp={recipe.amp!r} needs a CUDA device, got {device}")
+    if recipe.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use amp='bf16' on a CPU")
     image_shape, labels = _check_dataset(dataset, "dataset", config.image_shape if config else None)
     num_classes = config.num_classes if config else _infer_classes(dataset, source_clf, image_shape, device)
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
@@ -449,7 +449,7 @@ def fit(
     total_steps = recipe.epochs * steps_per_epoch
     weights = {"rc": recipe.lambda_rc, "ce": recipe.lambda_ce, "wrong_ce": recipe.lambda_wrong_ce, "proj": recipe.lambda_proj}
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16 if recipe.amp == "bf16" else torch.float16)
+        torch.autocast(device.type, dtype=torch.bfloat16 if recipe.amp == "bf16" else torch.float16)
         if recipe.amp != "off" else nullcontext()
     )
     scaler = torch.amp.GradScaler("cuda") if recipe.amp == "fp16" else None

@@ -106,7 +106,13 @@ def test_bad_options() -> None:
     with pytest.raises(ValueError, match="lambda_kl"):
         TrainConfig(lambda_kl=-1)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        _fit(synthetic_dataset(32), tiny_source(), amp="bf16")
+        _fit(synthetic_dataset(32), tiny_source(), amp="fp16")
+
+
+def test_bf16_autocast_on_cpu() -> None:
+    model = _fit(synthetic_dataset(32), tiny_source(), epochs=1, amp="bf16", lambda_proj=1.0)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(torch.tensor(model.training_history[0].train["total"]))
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch) -> None:
