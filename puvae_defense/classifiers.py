@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .serialization import WEIGHTS_NAME, load_state_dict_into, read_config, save_folder
+from .serialization import save_folder
 
 __all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier"]
 
@@ -129,13 +129,13 @@ class PaperClassifier(nn.Sequential):
         device: torch.device | str | None = None,
     ) -> PaperClassifier:
         """Load from a folder, a registered name (e.g. ``"mnist-classifier-a"``) or a Hub repo id."""
-        from .hub import resolve_folder
+        from .hub import load_pretrained
 
-        folder = resolve_folder(name_or_path, model_type="classifier", revision=revision)
-        raw = read_config(folder, model_type="classifier")
-        model = cls(ClassifierConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
-        load_state_dict_into(model, folder / WEIGHTS_NAME)
-        return model.to(device=device, dtype=dtype).eval()
+        def build(raw: dict[str, Any]) -> PaperClassifier:
+            return cls(ClassifierConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
+
+        return load_pretrained(name_or_path, model_type="classifier", build=build, revision=revision,  # type: ignore[return-value]
+                               dtype=dtype, device=device)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ __all__ = [
     "ATTACK_SETTINGS",
     "PAPER_TABLE2",
     "EvalSettings",
+    "defended_accuracy",
     "evaluate",
     "results_markdown",
 ]
@@ -124,6 +125,36 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
 def _defended_logits(defended: PurifiedClassifier, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     with torch.no_grad():
         return defended.classify_purified(defended.purify(images, generator=generator).purified)
+
+
+def defended_accuracy(
+    defended: PurifiedClassifier,
+    dataset: ImageDataset,
+    *,
+    attack: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> float:
+    """Accuracy (%) of a defended classifier on a data set, optionally attacked first.
+
+    Args:
+        defended: the purifier and the classifier.
+        dataset: labelled images.
+        attack: ``(images, labels, generator) -> adversarial images`` (gray-box: computed on
+            whatever model the callable closes over).
+        seed: seeds the generator shared by the attack and the purifier's noise.
+        batch_size: images per batch.
+    """
+    device = defended.purifier.encoder_in.weight.device
+    generator = torch.Generator().manual_seed(seed)
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        x = dataset.images[start : start + batch_size].to(device)
+        y = dataset.labels[start : start + batch_size].to(device)
+        if attack is not None:
+            x = attack(x, y, generator)
+        correct += _correct(_defended_logits(defended, x, generator), y)
+    return 100.0 * correct / len(dataset)
 
 
 def evaluate(

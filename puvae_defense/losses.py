@@ -22,6 +22,7 @@ __all__ = ["PuVAEObjective", "gaussian_kl", "reconstruction_bce", "source_cross_
 
 Reduction = Literal["sum", "mean"]
 CEForm = Literal["binary", "categorical"]
+NoiseKind = Literal["sign", "uniform"]
 
 
 def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -71,15 +72,17 @@ class PuVAEObjective(nn.Module):
       projections onto all classes, i.e. the purifier's own decision rule (eq. 15) trained
       directly.
 
-    With ``input_noise > 0`` the encoder sees ``clip(x + u * a)`` with ``u ~ U(-1, 1)`` per
-    pixel and ``a ~ U(0, input_noise)`` per image, while reconstructions target the clean
+    With ``input_noise > 0`` the encoder sees ``clip(x + u * a)`` with ``a ~ U(0, input_noise)``
+    per image and, per pixel, ``u = sign(N(0, 1))`` (``noise_kind="sign"``, every pixel moved
+    by ``a`` as an L-inf attack moves it) or ``u ~ U(-1, 1)`` (``"uniform"``), while
+    reconstructions target the clean
     ``x`` (a denoising objective, as in MagNet); the projection loss measures distances to the
     noisy input, as purification does.
 
     Args:
         vae: the PuVAE being trained.
         source: the source classifier ``M_s`` (frozen by the caller).
-        rc_reduction, kl_reduction, ce_form, proj_scale, proj_sigma_eps, input_noise: see the trainer's
+        rc_reduction, kl_reduction, ce_form, proj_scale, proj_sigma_eps, input_noise, noise_kind: see the trainer's
             :class:`~puvae_defense.training.TrainConfig`.
     """
 
@@ -94,6 +97,7 @@ class PuVAEObjective(nn.Module):
         proj_scale: float,
         proj_sigma_eps: float,
         input_noise: float,
+        noise_kind: NoiseKind,
         need_wrong: bool,
         need_proj: bool,
     ) -> None:
@@ -106,6 +110,7 @@ class PuVAEObjective(nn.Module):
         self.proj_scale = proj_scale
         self.proj_sigma_eps = proj_sigma_eps
         self.input_noise = input_noise
+        self.noise_kind: NoiseKind = noise_kind
         self.need_wrong = need_wrong
         self.need_proj = need_proj
 
@@ -113,8 +118,11 @@ class PuVAEObjective(nn.Module):
         if self.input_noise <= 0:
             return images
         amplitude = torch.rand(images.shape[0], 1, 1, 1, device=images.device) * self.input_noise
-        noise = (torch.rand_like(images) * 2 - 1) * amplitude
-        return (images + noise).clamp_(0, 1)
+        if self.noise_kind == "sign":
+            direction = torch.randn_like(images).sign()
+        else:
+            direction = torch.rand_like(images) * 2 - 1
+        return (images + direction * amplitude).clamp_(0, 1)
 
     def _decode(self, base: torch.Tensor, labels: torch.Tensor, sigma_eps: float):
         """Encoder head and decoder for labels ``(N,)`` given the image part ``base (N, H)``."""

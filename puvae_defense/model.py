@@ -21,7 +21,7 @@ from torch import nn
 from ._checks import check_images, check_labels
 from .config import PuVAEConfig
 from .kernels import Backend, select_closest
-from .serialization import WEIGHTS_NAME, load_state_dict_into, read_config, save_folder
+from .serialization import save_folder
 
 __all__ = ["DEFAULT_MAX_BATCH", "Projection", "PuVAE"]
 
@@ -357,12 +357,10 @@ class PuVAE(nn.Module):
         Returns:
             The model in eval mode.
         """
-        from .hub import resolve_folder
+        from .hub import load_pretrained
 
-        folder = resolve_folder(name_or_path, model_type="puvae", revision=revision)
-        model = cls(PuVAEConfig.from_dict(read_config(folder, model_type="puvae")))
-        load_state_dict_into(model, folder / WEIGHTS_NAME)
-        return model.to(device=device, dtype=dtype).eval()
+        return load_pretrained(name_or_path, model_type="puvae", revision=revision, dtype=dtype, device=device,  # type: ignore[return-value]
+                               build=lambda raw: cls(PuVAEConfig.from_dict(raw)))
 
     def project_per_class(
         self,

@@ -64,7 +64,8 @@ class TrainConfig:
         lambda_proj: weight of the projection-classification loss (0 = off).
         proj_scale: inverse temperature on ``-RMSE`` for that loss.
         proj_sigma_eps: sampling noise of the projections in that loss.
-        input_noise: maximum L-inf amplitude of the uniform input noise (0 = off).
+        input_noise: maximum L-inf amplitude of the input noise (0 = off).
+        noise_kind: ``"sign"`` (every pixel moved by the amplitude, up or down) or ``"uniform"``.
         val_size: validation images evaluated after each epoch.
         amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units) or ``"fp16"`` (CUDA) autocast.
         seed: seeds initialisation, data order and sampling.
@@ -86,6 +87,7 @@ class TrainConfig:
     proj_scale: float = 100.0
     proj_sigma_eps: float = 0.1
     input_noise: float = 0.0
+    noise_kind: Literal["sign", "uniform"] = "sign"
     val_size: int = 1000
     amp: Literal["off", "bf16", "fp16"] = "off"
     seed: int = 0
@@ -101,7 +103,8 @@ class TrainConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "rc_reduction": ("sum", "mean"), "kl_reduction": ("sum", "mean"),
-                   "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16")}
+                   "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16"),
+                   "noise_kind": ("sign", "uniform")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -428,7 +431,7 @@ def fit(
     optimizer = torch.optim.Adam(vae.parameters(), lr=recipe.lr)
     objective: nn.Module = PuVAEObjective(
         vae, source, rc_reduction=recipe.rc_reduction, kl_reduction=recipe.kl_reduction, ce_form=recipe.ce_form, proj_scale=recipe.proj_scale,
-        proj_sigma_eps=recipe.proj_sigma_eps, input_noise=recipe.input_noise,
+        proj_sigma_eps=recipe.proj_sigma_eps, input_noise=recipe.input_noise, noise_kind=recipe.noise_kind,
         need_wrong=recipe.lambda_wrong_ce > 0, need_proj=recipe.lambda_proj > 0,
     )
     if world > 1:

@@ -34,6 +34,7 @@ from puvae_defense import PuVAE, PurifiedClassifier
 from puvae_defense.attacks import fgsm, random_targets
 from puvae_defense.classifiers import PaperClassifier, accuracy, fit_classifier
 from puvae_defense.data import ImageDataset, load_dataset
+from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit
 
@@ -46,7 +47,7 @@ CLASSIFIERS = {"mnist-source": ("source", 5), "mnist-classifier-a": ("A", 5), "m
 #: was chosen; on a 2-core CPU one full-length run takes about 1.5 hours.
 _OURS = {"epochs": 12, "lr_schedule": "cosine", "lambda_proj": 1.0, "amp": "bf16"}
 RECIPES: dict[str, dict[str, Any]] = {
-    "proj-wrong-noise": {**_OURS, "lambda_wrong_ce": 10.0, "input_noise": 0.3},
+    "proj-wrong-noise": {**_OURS, "lambda_wrong_ce": 10.0, "input_noise": 0.3, "noise_kind": "sign"},
     "proj": _OURS,
     "klmean-proj-wrong": {**_OURS, "lambda_wrong_ce": 10.0, "kl_reduction": "mean"},
     "paper": {"epochs": 12},
@@ -63,29 +64,10 @@ def _environment(device: torch.device) -> dict[str, str]:
     return {"hardware": hardware, "torch": torch.__version__, "python": platform.python_version()}
 
 
-@torch.no_grad()
-def _purified_accuracy(model: PurifiedClassifier, data: ImageDataset, device: torch.device, seed: int) -> float:
-    generator = torch.Generator().manual_seed(seed)
-    correct = 0
-    for start in range(0, len(data), 500):
-        x, y = data.images[start : start + 500].to(device), data.labels[start : start + 500].to(device)
-        logits = model.classify_purified(model.purify(x, generator=generator).purified)
-        correct += int((logits.argmax(1) == y).sum())
-    return 100.0 * correct / len(data)
-
-
-def _fgsm_defended_accuracy(vae: PuVAE, source: torch.nn.Module, data: ImageDataset, device: torch.device) -> float:
+def _fgsm_defended_accuracy(vae: PuVAE, source: torch.nn.Module, data: ImageDataset) -> float:
     """Gray-box check on validation: targeted FGSM (eps 0.3) on the source classifier, then purify."""
-    defended = PurifiedClassifier(source, vae)
-    generator = torch.Generator().manual_seed(1)
-    correct = 0
-    for start in range(0, len(data), 500):
-        x, y = data.images[start : start + 500].to(device), data.labels[start : start + 500].to(device)
-        adversarial = fgsm(source, x, random_targets(y, 10, generator), eps=0.3, targeted=True)
-        with torch.no_grad():
-            logits = defended.classify_purified(defended.purify(adversarial, generator=generator).purified)
-        correct += int((logits.argmax(1) == y).sum())
-    return 100.0 * correct / len(data)
+    attack = lambda x, y, g: fgsm(source, x, random_targets(y, 10, g), eps=0.3, targeted=True)  # noqa: E731
+    return defended_accuracy(PurifiedClassifier(source, vae), data, attack=attack, seed=1)
 
 
 def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device) -> dict[str, Any]:
@@ -128,7 +110,7 @@ def train_puvae_candidates(
                       device=device, progress=False)
             seconds = time.perf_counter() - start
             history = [h.to_dict() for h in vae.training_history]
-            val_fgsm = _fgsm_defended_accuracy(vae, source, data["val"].subset(0, 1000), device)
+            val_fgsm = _fgsm_defended_accuracy(vae, source, data["val"].subset(0, 1000))
             vae.save_pretrained(folder / "final", metadata={"recipe": options, "seconds": seconds, "history": history,
                                                             "val_fgsm_defended_source": val_fgsm, **_environment(device)})
         saved = json.loads((folder / "final" / "config.json").read_text())["metadata"]
@@ -157,7 +139,7 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
     command = "python scripts/train_mnist.py " + " ".join(sys.argv[1:])
     nets = {}
     summary: dict[str, Any] = {"chosen_recipe": chosen, "command": command, **_environment(device), "models": {}}
-    for name, (arch, _) in CLASSIFIERS.items():
+    for name in CLASSIFIERS:
         PaperClassifier.from_pretrained(args.work / name).save_pretrained(args.out / name, dtype=torch.float16)
         nets[name] = PaperClassifier.from_pretrained(args.out / name, device=device)
     PuVAE.from_pretrained(args.work / f"puvae-{chosen}" / "final").save_pretrained(args.out / "puvae-mnist", dtype=torch.float16)
@@ -165,7 +147,7 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
     for name, (arch, _) in CLASSIFIERS.items():
         meta = classifiers[name]
         metrics = {"test_accuracy": accuracy(nets[name], test, device=device),
-                   "test_accuracy_through_puvae_mnist": _purified_accuracy(PurifiedClassifier(nets[name], vae), test, device, 0),
+                   "test_accuracy_through_puvae_mnist": defended_accuracy(PurifiedClassifier(nets[name], vae), test),
                    "val_accuracy": meta["metrics"]["val_accuracy"]}
         training = {"data": "MNIST, first 50,000 training images (validation: last 10,000; test: official 10,000)",
                     "command": f"`{command}`", "epochs": meta["epochs"], "optimizer": "Adam 1e-3, cosine schedule, batch 128",

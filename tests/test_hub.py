@@ -56,6 +56,15 @@ def published(tiny_vae: PuVAE, fake_hub: FakeHub, tmp_path, monkeypatch):
     return entry, folder
 
 
+def _bundle(folder: Path, tmp_path: Path) -> Path:
+    """A copy of ``folder`` laid out as a source checkout's ``hub/puvae-tiny``; returns ``hub/``."""
+    root = tmp_path / "bundle"
+    (root / "puvae-tiny").mkdir(parents=True)
+    for path in folder.iterdir():
+        (root / "puvae-tiny" / path.name).write_bytes(path.read_bytes())
+    return root
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -121,11 +130,7 @@ def test_missing_repo_and_missing_file(published, fake_hub: FakeHub, monkeypatch
 
 def test_unreachable_hub_falls_back_to_the_bundled_copy(published, fake_hub: FakeHub, monkeypatch, tmp_path) -> None:
     entry, folder = published
-    bundle = tmp_path / "bundle"
-    (bundle / "puvae-tiny").mkdir(parents=True)
-    for path in folder.iterdir():
-        (bundle / "puvae-tiny" / path.name).write_bytes(path.read_bytes())
-    monkeypatch.setattr(hub, "_bundled_root", lambda: bundle)
+    monkeypatch.setattr(hub, "_bundled_root", lambda: _bundle(folder, tmp_path))
     fake_hub.close()  # nothing listens on the port any more: connections are refused
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # and the client is told so
     with pytest.warns(UserWarning, match="could not be reached; using the copy of 'puvae-tiny' bundled"):
@@ -136,11 +141,7 @@ def test_unreachable_hub_falls_back_to_the_bundled_copy(published, fake_hub: Fak
 def test_refused_connection_falls_back_too(published, fake_hub: FakeHub, monkeypatch, tmp_path) -> None:
     """A real refused port: detected at once (huggingface_hub alone would retry for about 23 s)."""
     entry, folder = published
-    bundle = tmp_path / "bundle"
-    (bundle / "puvae-tiny").mkdir(parents=True)
-    for path in folder.iterdir():
-        (bundle / "puvae-tiny" / path.name).write_bytes(path.read_bytes())
-    monkeypatch.setattr(hub, "_bundled_root", lambda: bundle)
+    monkeypatch.setattr(hub, "_bundled_root", lambda: _bundle(folder, tmp_path))
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"

@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from puvae_defense import PuVAEConfig
 from puvae_defense import training
-from puvae_defense.data import ImageDataset
 from puvae_defense.losses import gaussian_kl, reconstruction_bce, source_cross_entropy
 from puvae_defense.training import TrainConfig, fit
 
