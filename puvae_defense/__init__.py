@@ -4,6 +4,7 @@ Example:
     >>> from puvae_defense import PurifiedClassifier
     >>> model = PurifiedClassifier(my_net, "puvae-mnist")  # doctest: +SKIP
     >>> logits = model(images)  # images in [0, 1]  # doctest: +SKIP
+    >>> puvae = fit(my_dataset, source_clf)  # train a PuVAE for a custom data set  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from .classifier import PurifiedClassifier
 from .config import PuVAEConfig
 from .hub import list_models
 from .model import Projection, PuVAE
+from .training import TrainConfig, fit
 
-__all__ = ["Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "__version__", "list_models"]
+__all__ = ["Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "TrainConfig", "__version__", "fit", "list_models"]
 
 __version__ = "0.1.0"

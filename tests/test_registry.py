@@ -1,0 +1,61 @@
+"""The registry of pretrained models: schema, bundled files, generated docs, offline use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import constants
+
+from puvae_defense import PuVAE, PurifiedClassifier, hub
+from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+from puvae_defense.config import PuVAEConfig
+from puvae_defense.serialization import sha256_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _build(entry: hub.PretrainedEntry) -> torch.nn.Module:
+    if entry.model_type == "puvae":
+        return PuVAE(PuVAEConfig.from_dict(dict(entry.config)))
+    return PaperClassifier(ClassifierConfig(**{**entry.config, "image_shape": tuple(entry.config["image_shape"])}))
+
+
+def test_the_shipped_models_are_registered() -> None:
+    assert {"puvae-mnist", "mnist-classifier-a", "mnist-classifier-b", "mnist-source"} <= set(hub.list_models())
+    assert hub.list_models("puvae") == ["puvae-mnist"]
+
+
+@pytest.mark.parametrize("name", hub.list_models())
+def test_entry_matches_its_model_and_bundled_files(name: str) -> None:
+    entry = hub.get_entry(name)
+    assert entry.repo_id == f"{hub.ORGANIZATION}/{name}"
+    assert sum(p.numel() for p in _build(entry).parameters()) == entry.num_params
+    assert entry.metrics and all(isinstance(v, float) for v in entry.metrics.values())
+    folder = ROOT / "hub" / name
+    assert sha256_of(folder / entry.filename) == entry.sha256
+    config = json.loads((folder / "config.json").read_text())
+    assert config["config"] == dict(entry.config) and config["torch_dtype"] == "float16"
+    assert (folder / "README.md").read_text().startswith("---\nlibrary_name: puvae-defense")
+
+
+def test_weights_doc_is_generated_from_the_registry() -> None:
+    assert (ROOT / "docs" / "weights.md").read_text() == hub.registry_markdown()
+
+
+def test_unknown_name_suggests_the_closest() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'puvae-mnist'"):
+        hub.get_entry("puvae-mnst")
+
+
+def test_fresh_machine_uses_the_bundled_copy(tmp_path, monkeypatch) -> None:
+    """No cache and no Hub: PurifiedClassifier(net, "puvae-mnist") still works, with a warning."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    net = PaperClassifier.from_pretrained(ROOT / "hub" / "mnist-classifier-a")
+    with pytest.warns(UserWarning, match="bundled in this source checkout"):
+        model = PurifiedClassifier(net, "puvae-mnist")
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
