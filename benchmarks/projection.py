@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -183,7 +184,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "fp32_matmul_gflops_2048": gemm,
         "note": "median wall time per batch of random images, paper-size PuVAE, sigma_eps=0.1, fp32 (no TF32)",
         "cases": [bench_shape(shape, device, args.batch, args.repeats) for shape in [(1, 28, 28), (3, 32, 32)]],
