@@ -33,3 +33,19 @@ def test_data_fetch_verifies_existing_files(mnist_root, capsys) -> None:
 
 def test_list_models(capsys) -> None:
     assert main(["list-models"]) == 0
+
+
+def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
+    from puvae_defense import data
+
+    from conftest import synthetic_dataset
+
+    monkeypatch.setattr(data, "load_dataset", lambda name, split, root=None: synthetic_dataset(32, classes=10))
+    assert main(["train-classifier", "--arch", "source", "--epochs", "1", "--out", str(tmp_path / "src")]) == 0
+    assert "validation accuracy" in capsys.readouterr().out
+    assert main(["train", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "vae"), "--epochs", "1",
+                 "--batch-size", "32", "--val-size", "8", "--lambda-proj", "1.0", "--device", "cpu"]) == 0
+    model = PuVAE.from_pretrained(tmp_path / "vae")
+    assert model.config.num_classes == 10
+    history = json.loads((tmp_path / "vae" / "history.json").read_text())
+    assert history[0]["epoch"] == 1 and "proj" in history[0]["train"]
