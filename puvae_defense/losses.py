@@ -127,8 +127,7 @@ class PuVAEObjective(nn.Module):
     def _decode(self, base: torch.Tensor, labels: torch.Tensor, sigma_eps: float):
         """Encoder head and decoder for labels ``(N,)`` given the image part ``base (N, H)``."""
         vae = self.vae
-        _, w_y = vae._split_linear(vae.encoder_in, vae.config.trunk_features)
-        mu, sigma = vae._encoder_head(base + w_y[labels])
+        mu, sigma = vae._encoder_head(base + vae.label_columns[labels])
         z = mu + sigma * torch.randn_like(mu) * sigma_eps
         return vae._decode_logits(z, labels), mu, sigma
 
@@ -136,9 +135,7 @@ class PuVAEObjective(nn.Module):
         """Per-term batch means; ``total`` is not included (weights are the trainer's)."""
         vae = self.vae
         inputs = self._noisy(images)
-        features = vae._trunk_features(inputs)
-        w_x, _ = vae._split_linear(vae.encoder_in, features.shape[1])
-        base = F.linear(features, w_x, vae.encoder_in.bias)
+        base = vae._encoder_base(inputs)
         logits, mu, sigma = self._decode(base, labels, 1.0)
         terms = {
             "rc": reconstruction_bce(logits, images, self.rc_reduction).mean(),

@@ -120,12 +120,22 @@ class PuVAE(nn.Module):
                 f"images are on {images.device} but the PuVAE is on {param.device}; move one of them with .to(...)"
             )
 
-    def _trunk_features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, C_img, H, W) -> (B, trunk_features)``: the label-independent conv trunk."""
+    def _encoder_base(self, images: torch.Tensor) -> torch.Tensor:
+        """The label-independent part of the encoder, ``(B, C_img, H, W) -> (B, hidden)``.
+
+        The dilated trunk and the image columns of the first FC layer (with its bias); the
+        label's contribution is one column ``W_y[:, y]`` added to this (:attr:`label_columns`).
+        """
         h = images.to(self.encoder_in.weight.dtype)
         for conv in self.trunk:
             h = F.relu(conv(h))
-        return h.flatten(1)
+        w_x, _ = self._split_linear(self.encoder_in, self.config.trunk_features)
+        return F.linear(h.flatten(1), w_x, self.encoder_in.bias)
+
+    @property
+    def label_columns(self) -> torch.Tensor:
+        """``(num_classes, hidden)``: what each one-hot label adds to the encoder's first FC layer."""
+        return self._split_linear(self.encoder_in, self.config.trunk_features)[1]
 
     @staticmethod
     def _split_linear(layer: nn.Linear, split: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,8 +202,8 @@ class PuVAE(nn.Module):
         images = check_images(images, self.config.image_shape)
         labels = check_labels(labels, images.shape[0], self.num_classes)
         self._check_device(images)
-        features = self._trunk_features(images)
-        return self._encoder_head(self._labelled_linear(self.encoder_in, features, labels.to(features.device)))
+        base = self._encoder_base(images)
+        return self._encoder_head(base + self.label_columns[labels.to(base.device)])
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images from latent codes (eq. 8): ``(B, L), (B,) -> (B, C_img, H, W)`` in (0, 1)."""
@@ -309,9 +319,7 @@ class PuVAE(nn.Module):
     def _project_chunk(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Candidates ``(b, C, C_img, H, W)`` for ``b`` images and noise ``(b, C, L)``."""
         b, num_classes = images.shape[0], self.num_classes
-        features = self._trunk_features(images)
-        w_x, w_y = self._split_linear(self.encoder_in, features.shape[1])
-        hidden = F.linear(features, w_x, self.encoder_in.bias).unsqueeze(1) + w_y.unsqueeze(0)
+        hidden = self._encoder_base(images).unsqueeze(1) + self.label_columns.unsqueeze(0)
         mu, sigma = self._encoder_head(hidden.reshape(b * num_classes, -1))
         z = mu + sigma * noise.reshape(b * num_classes, -1)
         pair_labels = torch.arange(num_classes, device=images.device).repeat(b)
