@@ -1,6 +1,6 @@
-"""Purify a batch with a randomly initialised paper-size PuVAE and time it.
+"""Defend a classifier with the pretrained purifier, by name, in a few lines.
 
-Untrained weights purify nothing useful: this shows the API and the speed only.
+    python examples/quickstart.py
 """
 
 from __future__ import annotations
@@ -8,25 +8,24 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 
-from puvae_defense import PuVAE, PurifiedClassifier
+from puvae_defense import PurifiedClassifier
+from puvae_defense.attacks import fgsm
+from puvae_defense.classifiers import PaperClassifier
+from puvae_defense.data import load_dataset
 
-torch.manual_seed(0)
-purifier = PuVAE().eval()  # Table 1 of the paper, 1x28x28, 10 classes
-classifier = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()
-model = PurifiedClassifier(classifier, purifier, sigma_eps=0.1)
+net = PaperClassifier.from_pretrained("mnist-classifier-a")   # any classifier taking images in [0, 1]
+model = PurifiedClassifier(net, "puvae-mnist")                # Hub, HF cache, or the bundled copy
 
-images = torch.rand(128, 1, 28, 28)
+test = load_dataset("mnist", "test")
+images, labels = test.images[:256], test.labels[:256]
+adversarial = fgsm(net, images, labels, eps=0.3)              # computed on the undefended classifier
+
 with torch.no_grad():
-    model(images[:8])  # warm-up
-    start = time.perf_counter()
-    projection = model.purify(images, generator=torch.Generator().manual_seed(0))
-    elapsed = time.perf_counter() - start
-    logits = model.classify_purified(projection.purified)
-
-print(f"purified {len(images)} images of 1x28x28 in {elapsed * 1e3:.1f} ms "
-      f"({torch.get_num_threads()} CPU threads, torch {torch.__version__})")
-print(f"projection labels of the first 10: {projection.labels[:10].tolist()}")
-print(f"per-class RMSE of image 0: {[round(d, 3) for d in projection.distances[0].tolist()]}")
-print(f"logits shape: {tuple(logits.shape)}")
+    for name, batch in [("clean", images), ("FGSM eps 0.3", adversarial)]:
+        start = time.perf_counter()
+        defended = (model(batch).argmax(1) == labels).float().mean().item()
+        seconds = time.perf_counter() - start
+        undefended = (net(batch).argmax(1) == labels).float().mean().item()
+        print(f"{name:>13}: undefended {100 * undefended:5.1f}%  purified {100 * defended:5.1f}%  "
+              f"({seconds:.2f} s for {len(batch)} images)")
