@@ -15,10 +15,8 @@ FC(classes), so that defending A and B is a transfer, as in the paper.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -26,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .serialization import save_folder
+from .serialization import PretrainedMixin
 
 __all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier"]
 
@@ -67,7 +65,7 @@ class ClassifierConfig:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
 
 
-class PaperClassifier(nn.Sequential):
+class PaperClassifier(PretrainedMixin, nn.Sequential):
     """One of the paper's classifiers as an ``nn.Sequential``; returns logits.
 
     Args:
@@ -107,35 +105,14 @@ class PaperClassifier(nn.Sequential):
         super().__init__(*layers)
         self.config = config
 
-    def save_pretrained(
-        self,
-        directory: str | os.PathLike[str],
-        *,
-        dtype: torch.dtype | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (see ``PuVAE.save_pretrained``)."""
-        config = {**asdict(self.config), "image_shape": list(self.config.image_shape)}
-        extra = {"metadata": metadata} if metadata else None
-        return save_folder(self, directory, model_type="classifier", config=config, dtype=dtype, extra=extra)
+    model_type = "classifier"
+
+    def _config_dict(self) -> dict[str, Any]:
+        return {**asdict(self.config), "image_shape": list(self.config.image_shape)}
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        *,
-        revision: str | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> PaperClassifier:
-        """Load from a folder, a registered name (e.g. ``"mnist-classifier-a"``) or a Hub repo id."""
-        from .hub import load_pretrained
-
-        def build(raw: dict[str, Any]) -> PaperClassifier:
-            return cls(ClassifierConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
-
-        return load_pretrained(name_or_path, model_type="classifier", build=build, revision=revision,  # type: ignore[return-value]
-                               dtype=dtype, device=device)
+    def _from_config_dict(cls, raw: dict[str, Any]) -> PaperClassifier:
+        return cls(ClassifierConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
 
 
 @torch.no_grad()

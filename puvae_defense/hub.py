@@ -20,18 +20,14 @@ import functools
 import json
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_into, read_config, sha256_of
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 
 __all__ = [
     "ORGANIZATION",
@@ -40,7 +36,6 @@ __all__ = [
     "WeightsHashError",
     "get_entry",
     "list_models",
-    "load_pretrained",
     "push_to_hub",
     "resolve_folder",
     "update_registry",
@@ -199,22 +194,6 @@ def resolve_folder(
         return _resolve_repo(text, revision or "main")
     get_entry(text)  # raises the unknown-name error
     raise AssertionError("unreachable")
-
-
-def load_pretrained(
-    name_or_path: str | Path,
-    *,
-    model_type: ModelType,
-    build: Callable[[dict[str, Any]], nn.Module],
-    revision: str | None,
-    dtype: torch.dtype,
-    device: torch.device | str | None,
-) -> nn.Module:
-    """Resolve, build from ``config.json`` with ``build``, load the verified weights, eval mode."""
-    folder = resolve_folder(name_or_path, model_type=model_type, revision=revision)
-    model = build(read_config(folder, model_type=model_type))
-    load_state_dict_into(model, folder / WEIGHTS_NAME)
-    return model.to(device=device, dtype=dtype).eval()
 
 
 def _download(repo_id: str, revision: str, filename: str, *, local_only: bool) -> Path:

@@ -10,8 +10,6 @@ Shapes: ``B`` images, ``C`` classes, ``L`` latent size, ``D = channels * height 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -21,7 +19,7 @@ from torch import nn
 from ._checks import check_images, check_labels
 from .config import PuVAEConfig
 from .kernels import Backend, select_closest
-from .serialization import save_folder
+from .serialization import PretrainedMixin
 
 __all__ = ["DEFAULT_MAX_BATCH", "Projection", "PuVAE"]
 
@@ -43,7 +41,7 @@ class Projection(NamedTuple):
     distances: torch.Tensor
 
 
-class PuVAE(nn.Module):
+class PuVAE(PretrainedMixin, nn.Module):
     """Conditional VAE purifier (Table 1 of the paper).
 
     The one-hot label enters the encoder at its first fully connected layer (after the
@@ -326,49 +324,14 @@ class PuVAE(nn.Module):
         logits = self._decode_logits(z, pair_labels)
         return torch.sigmoid(logits).view(b, num_classes, *self.config.image_shape)
 
-    def save_pretrained(
-        self,
-        directory: str | os.PathLike[str],
-        *,
-        dtype: torch.dtype | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.
+    model_type = "puvae"
 
-        Args:
-            directory: target folder, created if needed.
-            dtype: store the weights in this dtype (``torch.float16`` for shipping).
-            metadata: JSON-ready facts (metrics, training) stored in ``config.json``.
-        """
-        extra = {"metadata": metadata} if metadata else None
-        return save_folder(self, directory, model_type="puvae", config=self.config.to_dict(), dtype=dtype, extra=extra)
+    def _config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike[str],
-        *,
-        revision: str | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> PuVAE:
-        """Load a PuVAE from a folder, a registered name or a Hub repo id.
-
-        Args:
-            name_or_path: a folder written by :meth:`save_pretrained` (or its
-                ``model.safetensors``), a registered name such as ``"puvae-mnist"`` (see
-                :func:`puvae_defense.hub.list_models`) or a Hub repo id ``"org/name"``.
-            revision: Hub revision for a repo id (registered names are pinned).
-            dtype: dtype of the returned parameters.
-            device: device of the returned module.
-
-        Returns:
-            The model in eval mode.
-        """
-        from .hub import load_pretrained
-
-        return load_pretrained(name_or_path, model_type="puvae", revision=revision, dtype=dtype, device=device,  # type: ignore[return-value]
-                               build=lambda raw: cls(PuVAEConfig.from_dict(raw)))
+    def _from_config_dict(cls, raw: dict[str, Any]) -> PuVAE:
+        return cls(PuVAEConfig.from_dict(raw))
 
     def project_per_class(
         self,

@@ -13,15 +13,17 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from typing_extensions import Self
 
 __all__ = [
     "CONFIG_NAME",
+    "PretrainedMixin",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
     "load_state_dict_into",
@@ -155,3 +157,68 @@ def load_state_dict_into(module: nn.Module, weights_path: str | os.PathLike[str]
         raise ValueError(f"weights file {path} holds NaN or Inf values in {bad}; the file is damaged")
     module.load_state_dict(state, strict=True)
     return module
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for a module built from a JSON config.
+
+    A subclass sets :attr:`model_type` and implements :meth:`_config_dict` and
+    :meth:`_from_config_dict`.
+    """
+
+    #: What a weights folder of this class holds (``"puvae"`` or ``"classifier"``).
+    model_type: ClassVar[str]
+
+    def _config_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_config_dict(cls, raw: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.
+
+        Args:
+            directory: target folder, created if needed.
+            dtype: store the weights in this dtype (``torch.float16`` for shipping).
+            metadata: JSON-ready facts (metrics, training) stored in ``config.json``.
+        """
+        extra = {"metadata": metadata} if metadata else None
+        assert isinstance(self, nn.Module)
+        return save_folder(self, directory, model_type=self.model_type, config=self._config_dict(), dtype=dtype, extra=extra)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Self:
+        """Load from a folder written by :meth:`save_pretrained` (or its ``model.safetensors``),
+        a registered name (see :func:`puvae_defense.hub.list_models`) or a Hub repo id.
+
+        Args:
+            name_or_path: where the weights are; see :func:`puvae_defense.hub.resolve_folder`.
+            revision: Hub revision for a repo id (registered names are pinned).
+            dtype: dtype of the returned parameters.
+            device: device of the returned module.
+
+        Returns:
+            The model in eval mode.
+        """
+        from .hub import resolve_folder
+
+        folder = resolve_folder(name_or_path, model_type=cls.model_type, revision=revision)  # type: ignore[arg-type]
+        model = cls._from_config_dict(read_config(folder, model_type=cls.model_type))
+        assert isinstance(model, nn.Module)
+        load_state_dict_into(model, folder / WEIGHTS_NAME)
+        return model.to(device=device, dtype=dtype).eval()  # type: ignore[return-value]
