@@ -87,7 +87,9 @@ def save_folder(
     }
     if extra:
         payload.update(extra)
-    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": model_type})
+    # One metadata key: safetensors writes its metadata map in hash order, and a single key keeps
+    # the file bytes (and so the registry's sha256) the same every time the same weights are saved.
+    save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return directory
 

@@ -22,6 +22,13 @@ def test_round_trip_is_bit_identical(tmp_path, tiny_vae: PuVAE) -> None:
     assert config["model_type"] == "puvae" and config["torch_dtype"] == "float32"
 
 
+def test_saving_the_same_weights_gives_the_same_bytes(tmp_path, tiny_vae: PuVAE) -> None:
+    """The registry pins files by sha256, so re-saving must not reorder anything in the file."""
+    files = {tiny_vae.save_pretrained(tmp_path / str(i), dtype=torch.float16).joinpath("model.safetensors").read_bytes()
+             for i in range(6)}
+    assert len(files) == 1
+
+
 def test_fp16_storage_round_trips_exactly(tmp_path, tiny_vae: PuVAE) -> None:
     folder = tiny_vae.save_pretrained(tmp_path / "m", dtype=torch.float16)
     stored = load_file(folder / "model.safetensors")
