@@ -85,6 +85,10 @@ def _evaluation_inputs(args: argparse.Namespace):
     return purifier, nets, defended, load_dataset(args.dataset, "test", root=args.data_root)
 
 
+#: Command-line keys of ``evaluation.ADAPTIVE_ATTACKS``, in the same order.
+_ADAPTIVE_KEYS = ("full", "bpda", "eot")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
@@ -96,7 +100,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     purifier, nets, defended, test = _evaluation_inputs(args)
     settings = EvalSettings(
-        attacks=tuple(args.attacks), adaptive=tuple(a for a in ADAPTIVE_ATTACKS if args.adaptive_limit > 0),
+        attacks=tuple(args.attacks),
+        adaptive=tuple(ADAPTIVE_ATTACKS[_ADAPTIVE_KEYS.index(k)] for k in args.adaptive) if args.adaptive_limit > 0 else (),
         limit=args.limit, adaptive_limit=args.adaptive_limit, batch_size=args.batch_size,
         sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
     )
@@ -178,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
     ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
+    ev.add_argument("--adaptive", nargs="*", default=list(_ADAPTIVE_KEYS), choices=_ADAPTIVE_KEYS,
+                    help="adaptive attacks: PGD through the full purifier, with BPDA, with EOT (default all)")
     ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--sigma-eps", type=float, default=0.1)

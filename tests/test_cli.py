@@ -49,3 +49,15 @@ def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
     assert model.config.num_classes == 10
     history = json.loads((tmp_path / "vae" / "history.json").read_text())
     assert history[0]["epoch"] == 1 and "proj" in history[0]["train"]
+
+
+def test_evaluate_runs_only_the_chosen_adaptive_attacks(tmp_path, tiny_vae: PuVAE, mnist_root) -> None:
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    torch.manual_seed(0)
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    status = main(["evaluate", "--purifier", str(tmp_path / "vae"), "--classifiers", f"A={tmp_path / 'clf'}",
+                   "--attacks", "--limit", "4", "--adaptive", "bpda", "--adaptive-limit", "4", "--batch-size", "4",
+                   "--data-root", str(mnist_root), "--out", str(tmp_path / "out"), "--name", "t", "--quiet"])
+    assert status == 0
+    result = json.loads((tmp_path / "out" / "t.json").read_text())["classifiers"]["A"]
+    assert list(result["adaptive"]) == ["PGD + BPDA"] and result["adaptive_n"] == 4 and result["gray_box"] == {}
