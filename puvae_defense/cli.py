@@ -86,7 +86,7 @@ def _evaluation_inputs(args: argparse.Namespace):
 
 
 #: Command-line keys of ``evaluation.ADAPTIVE_ATTACKS``, in the same order.
-_ADAPTIVE_KEYS = ("full", "bpda", "eot")
+_ADAPTIVE_KEYS = ("full", "bpda", "eot", "distance")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
     ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
     ev.add_argument("--adaptive", nargs="*", default=list(_ADAPTIVE_KEYS), choices=_ADAPTIVE_KEYS,
-                    help="adaptive attacks: PGD through the full purifier, with BPDA, with EOT (default all)")
+                    help="adaptive attacks: PGD through the full purifier, with BPDA, with EOT, on the "
+                         "purifier's distances (default all)")
     ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--sigma-eps", type=float, default=0.1)

@@ -6,8 +6,15 @@ import math
 import torch
 
 from puvae_defense import PuVAE, PurifiedClassifier
-from puvae_defense.attacks import bpda
-from puvae_defense.evaluation import ADAPTIVE_ATTACKS, PAPER_ATTACKS, EvalSettings, evaluate, results_markdown
+from puvae_defense.attacks import bpda, pgd
+from puvae_defense.evaluation import (
+    ADAPTIVE_ATTACKS,
+    PAPER_ATTACKS,
+    EvalSettings,
+    distance_logits,
+    evaluate,
+    results_markdown,
+)
 
 from conftest import synthetic_dataset, tiny_source
 
@@ -52,3 +59,24 @@ def test_bpda_and_full_gradients_are_finite_and_nonzero(tiny_vae: PuVAE, images:
         x = images.clone().requires_grad_(True)
         torch.nn.functional.cross_entropy(forward(x), torch.zeros(len(x), dtype=torch.long)).backward()
         assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_the_distance_attack_pushes_inputs_off_their_own_class(tiny_vae: PuVAE) -> None:
+    """PGD on -RMSE shrinks the margin by which the true class's projection is the closest."""
+    model = PurifiedClassifier(tiny_source().eval(), tiny_vae, sigma_eps=0.0)
+    data = synthetic_dataset(16)
+    images, labels = data.images, data.labels
+
+    def margin(x: torch.Tensor) -> float:
+        distances = model.purify(x).distances
+        true = distances.gather(1, labels[:, None]).squeeze(1)
+        others = distances.scatter(1, labels[:, None], float("inf")).min(1).values
+        return float((others - true).mean())
+
+    rule = distance_logits(model, 100.0)
+    x = images.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(rule(x), labels).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    adversarial = pgd(rule, images, labels, eps=0.1, step_size=0.02, steps=10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert margin(adversarial) < margin(images)
