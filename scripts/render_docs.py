@@ -33,7 +33,8 @@ def models_table() -> str:
         entry = hub.get_entry(name)
         metrics = ", ".join(f"{k.removeprefix('test_').replace('_', ' ')} {v:.2f}%"
                             for k, v in entry.metrics.items() if k.startswith("test_"))
-        lines.append(f"| `{name}` | {entry.description.split('.')[0]} | {metrics} |")
+        first_sentence = re.split(r"\.\s+(?=[A-Z])", entry.description)[0].rstrip(".")
+        lines.append(f"| `{name}` | {first_sentence} | {metrics} |")
     return "\n".join(lines)
 
 
@@ -115,10 +116,10 @@ def speed() -> str:
 
 def _replace(path: Path, name: str, body: str) -> None:
     text = path.read_text()
-    pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
+    pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"{path} has no generated section {name!r}")
-    path.write_text(pattern.sub(lambda m: m.group(1) + body + m.group(2), text))
+    path.write_text(pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text))
 
 
 def main() -> None:
