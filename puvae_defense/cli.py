@@ -85,14 +85,16 @@ def _evaluation_inputs(args: argparse.Namespace):
     return purifier, nets, defended, load_dataset(args.dataset, "test", root=args.data_root)
 
 
-#: Command-line keys of ``evaluation.ADAPTIVE_ATTACKS``, in the same order.
-_ADAPTIVE_KEYS = ("full", "bpda", "eot", "distance")
+#: Command-line key -> name in ``evaluation.ADAPTIVE_ATTACKS`` (spelled out here so that building
+#: the parser does not import torch; ``EvalSettings`` rejects a name that drifts).
+ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PGD + EOT",
+                 "distance": "PGD on the distances"}
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import ADAPTIVE_ATTACKS, EvalSettings, evaluate, results_markdown
+    from .evaluation import EvalSettings, evaluate, results_markdown
 
     # Same seed, same hardware, same numbers: no autotuned or nondeterministic kernels.
     torch.backends.cudnn.benchmark = False
@@ -101,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     purifier, nets, defended, test = _evaluation_inputs(args)
     settings = EvalSettings(
         attacks=tuple(args.attacks),
-        adaptive=tuple(ADAPTIVE_ATTACKS[_ADAPTIVE_KEYS.index(k)] for k in args.adaptive) if args.adaptive_limit > 0 else (),
+        adaptive=tuple(ADAPTIVE_KEYS[k] for k in args.adaptive) if args.adaptive_limit > 0 else (),
         limit=args.limit, adaptive_limit=args.adaptive_limit, batch_size=args.batch_size,
         sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
     )
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
     ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
-    ev.add_argument("--adaptive", nargs="*", default=list(_ADAPTIVE_KEYS), choices=_ADAPTIVE_KEYS,
+    ev.add_argument("--adaptive", nargs="*", default=list(ADAPTIVE_KEYS), choices=list(ADAPTIVE_KEYS),
                     help="adaptive attacks: PGD through the full purifier, with BPDA, with EOT, on the "
                          "purifier's distances (default all)")
     ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")

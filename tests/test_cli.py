@@ -6,7 +6,8 @@ import torch
 
 from puvae_defense import PuVAE
 from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
-from puvae_defense.cli import main
+from puvae_defense.cli import ADAPTIVE_KEYS, main
+from puvae_defense.evaluation import ADAPTIVE_ATTACKS
 
 
 def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
@@ -61,3 +62,7 @@ def test_evaluate_runs_only_the_chosen_adaptive_attacks(tmp_path, tiny_vae: PuVA
     assert status == 0
     result = json.loads((tmp_path / "out" / "t.json").read_text())["classifiers"]["A"]
     assert list(result["adaptive"]) == ["PGD + BPDA"] and result["adaptive_n"] == 4 and result["gray_box"] == {}
+
+
+def test_every_adaptive_attack_has_one_command_line_key() -> None:
+    assert sorted(ADAPTIVE_KEYS.values()) == sorted(ADAPTIVE_ATTACKS)
