@@ -13,8 +13,10 @@ from .classifier import PurifiedClassifier
 from .config import PuVAEConfig
 from .hub import list_models
 from .model import Projection, PuVAE
+from .recipes import RECIPES, get_recipe
 from .training import TrainConfig, fit
 
-__all__ = ["Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "TrainConfig", "__version__", "fit", "list_models"]
+__all__ = ["RECIPES", "Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "TrainConfig", "__version__", "fit",
+           "get_recipe", "list_models"]
 
 __version__ = "0.1.0"

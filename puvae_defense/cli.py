@@ -94,7 +94,7 @@ ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PG
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import EvalSettings, evaluate, results_markdown
+    from .evaluation import AttackCache, EvalSettings, evaluate, results_markdown
 
     # Same seed, same hardware, same numbers: no autotuned or nondeterministic kernels.
     torch.backends.cudnn.benchmark = False
@@ -107,7 +107,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         limit=args.limit, adaptive_limit=args.adaptive_limit, batch_size=args.batch_size,
         sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
     )
-    report = evaluate(nets, defended, test, settings, progress=not args.quiet)
+    cache = AttackCache(args.cache) if args.cache else None
+    report = evaluate(nets, defended, test, settings, cache=cache, progress=not args.quiet)
     report["meta"]["command"] = shlex.join(["puvae-defense", *args.argv])
     report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
     out = Path(args.out)
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_clf = sub.add_parser("train-classifier", help="train one of the paper's classifiers")
     train_clf.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
-    train_clf.add_argument("--arch", required=True, choices=["A", "B", "C", "D", "source"])
+    train_clf.add_argument("--arch", required=True, choices=["A", "B", "C", "D", "source", "cw"])
     train_clf.add_argument("--out", required=True)
     train_clf.add_argument("--epochs", type=int, default=10)
     train_clf.add_argument("--seed", type=int, default=0)
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="docs/results")
     ev.add_argument("--name", default="table2_mnist")
     ev.add_argument("--figure", default=None, help="also write the projection figure (PNG) here")
+    ev.add_argument("--cache", default=None, metavar="DIR",
+                    help="keep gray-box adversarial examples here and reuse them (they do not depend on the purifier)")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 

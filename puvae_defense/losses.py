@@ -22,7 +22,10 @@ __all__ = ["PuVAEObjective", "gaussian_kl", "reconstruction_bce", "source_cross_
 
 Reduction = Literal["sum", "mean"]
 CEForm = Literal["binary", "categorical"]
-NoiseKind = Literal["sign", "uniform"]
+NoiseKind = Literal["sign", "uniform", "fgsm", "pgd"]
+#: Perturbations computed on the source classifier (the others are random).
+SOURCE_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
+AmplitudeKind = Literal["uniform", "fixed"]
 
 
 def reconstruction_bce(logits: torch.Tensor, target: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -72,18 +75,24 @@ class PuVAEObjective(nn.Module):
       projections onto all classes, i.e. the purifier's own decision rule (eq. 15) trained
       directly.
 
-    With ``input_noise > 0`` the encoder sees ``clip(x + u * a)`` with ``a ~ U(0, input_noise)``
-    per image and, per pixel, ``u = sign(N(0, 1))`` (``noise_kind="sign"``, every pixel moved
-    by ``a`` as an L-inf attack moves it) or ``u ~ U(-1, 1)`` (``"uniform"``), while
-    reconstructions target the clean
-    ``x`` (a denoising objective, as in MagNet); the projection loss measures distances to the
-    noisy input, as purification does.
+    With ``input_noise > 0`` the encoder sees a perturbed ``x'`` with ``||x' - x||_inf <= a``,
+    ``a ~ U(0, input_noise)`` per image (``noise_amplitude="uniform"``) or ``a = input_noise``
+    (``"fixed"``), while reconstructions target the clean ``x`` (a
+    denoising objective, as in MagNet); the projection loss measures distances to ``x'``, as
+    purification does. ``noise_kind`` chooses ``x'``: ``clip(x + a * sign(N(0, 1)))``
+    (``"sign"``, every pixel moved by ``a`` as an L-inf attack moves it), ``clip(x + a * U(-1, 1))``
+    (``"uniform"``), or a targeted attack on the frozen source classifier towards a random wrong
+    label: one FGSM step of size ``a`` (``"fgsm"``) or ``noise_steps`` PGD steps of ``2.5 a /
+    noise_steps`` from a random start (``"pgd"``). Only the first ``round(noise_fraction * B)``
+    images of each (shuffled) batch are perturbed; the others stay clean. The attacks never
+    see the PuVAE, only the source classifier: the defender trains against transferred
+    attacks, the threat of the paper's gray-box setting.
 
     Args:
         vae: the PuVAE being trained.
         source: the source classifier ``M_s`` (frozen by the caller).
-        rc_reduction, kl_reduction, ce_form, proj_scale, proj_sigma_eps, input_noise, noise_kind: see the trainer's
-            :class:`~puvae_defense.training.TrainConfig`.
+        rc_reduction, kl_reduction, ce_form, proj_scale, proj_sigma_eps, input_noise, noise_kind, noise_fraction,
+            noise_steps, noise_amplitude: see the trainer's :class:`~puvae_defense.training.TrainConfig`.
     """
 
     def __init__(
@@ -98,6 +107,9 @@ class PuVAEObjective(nn.Module):
         proj_sigma_eps: float,
         input_noise: float,
         noise_kind: NoiseKind,
+        noise_fraction: float,
+        noise_steps: int,
+        noise_amplitude: AmplitudeKind,
         need_wrong: bool,
         need_proj: bool,
     ) -> None:
@@ -111,18 +123,42 @@ class PuVAEObjective(nn.Module):
         self.proj_sigma_eps = proj_sigma_eps
         self.input_noise = input_noise
         self.noise_kind: NoiseKind = noise_kind
+        self.noise_fraction = noise_fraction
+        self.noise_steps = noise_steps
+        self.noise_amplitude: AmplitudeKind = noise_amplitude
         self.need_wrong = need_wrong
         self.need_proj = need_proj
 
-    def _noisy(self, images: torch.Tensor) -> torch.Tensor:
-        if self.input_noise <= 0:
+    def _perturbed(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: the first ``round(noise_fraction * B)`` images perturbed, the rest clean."""
+        count = round(self.noise_fraction * images.shape[0])
+        if self.input_noise <= 0 or count == 0:
             return images
-        amplitude = torch.rand(images.shape[0], 1, 1, 1, device=images.device) * self.input_noise
-        if self.noise_kind == "sign":
-            direction = torch.randn_like(images).sign()
+        x = images[:count]
+        amplitude = torch.full((count, 1, 1, 1), self.input_noise, device=images.device)
+        if self.noise_amplitude == "uniform":
+            amplitude *= torch.rand_like(amplitude)
+        if self.noise_kind in SOURCE_ATTACKS:
+            moved = self._source_attack(x, labels[:count], amplitude)
         else:
-            direction = torch.rand_like(images) * 2 - 1
-        return (images + direction * amplitude).clamp_(0, 1)
+            direction = torch.randn_like(x).sign() if self.noise_kind == "sign" else torch.rand_like(x) * 2 - 1
+            moved = (x + direction * amplitude).clamp(0, 1)
+        return torch.cat([moved, images[count:]])
+
+    def _source_attack(self, images: torch.Tensor, labels: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
+        """Targeted FGSM / PGD on the source classifier towards random wrong labels, per-image budget."""
+        shift = torch.randint(1, self.vae.num_classes, labels.shape, device=labels.device)
+        targets = (labels + shift) % self.vae.num_classes
+        x0 = images.detach().float()
+        steps, step = (1, amplitude) if self.noise_kind == "fgsm" else (self.noise_steps, 2.5 * amplitude / self.noise_steps)
+        x = x0 if self.noise_kind == "fgsm" else (x0 + (torch.rand_like(x0) * 2 - 1) * amplitude).clamp(0, 1)
+        with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
+            for _ in range(steps):
+                x_var = x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(F.cross_entropy(self.source(x_var), targets), x_var)
+                x = x - step * grad.sign()
+                x = torch.min(torch.max(x, x0 - amplitude), x0 + amplitude).clamp(0, 1)
+        return x.detach().to(images.dtype)
 
     def _decode(self, base: torch.Tensor, labels: torch.Tensor, sigma_eps: float):
         """Encoder head and decoder for labels ``(N,)`` given the image part ``base (N, H)``."""
@@ -134,7 +170,7 @@ class PuVAEObjective(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-term batch means; ``total`` is not included (weights are the trainer's)."""
         vae = self.vae
-        inputs = self._noisy(images)
+        inputs = self._perturbed(images, labels)
         base = vae._encoder_base(inputs)
         logits, mu, sigma = self._decode(base, labels, 1.0)
         terms = {

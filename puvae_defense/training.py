@@ -35,7 +35,7 @@ from .data import ImageDataset
 from .losses import PuVAEObjective
 from .model import PuVAE
 
-__all__ = ["EpochStats", "TrainConfig", "evaluate_purifier", "fit"]
+__all__ = ["EpochStats", "TrainConfig", "evaluate_purifier", "fit", "latent_spread"]
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT_PREFIX = "checkpoint-"
@@ -47,8 +47,8 @@ class TrainConfig:
     """Everything that defines a training run besides the data and the source classifier.
 
     The defaults are the paper's settings (coefficients 0.01 / 0.1 / 10, Adam 1e-3, batch
-    128); :data:`MNIST_RECIPE` in ``scripts/train_mnist.py`` records what we measured to
-    work (docs/training.md).
+    128), the ``"paper"`` recipe; :mod:`puvae_defense.recipes` names the recipes we measured
+    (docs/training.md).
 
     Attributes:
         epochs: passes over the training set.
@@ -64,8 +64,14 @@ class TrainConfig:
         lambda_proj: weight of the projection-classification loss (0 = off).
         proj_scale: inverse temperature on ``-RMSE`` for that loss.
         proj_sigma_eps: sampling noise of the projections in that loss.
-        input_noise: maximum L-inf amplitude of the input noise (0 = off).
-        noise_kind: ``"sign"`` (every pixel moved by the amplitude, up or down) or ``"uniform"``.
+        input_noise: maximum L-inf amplitude of the input perturbation (0 = off); reconstructions
+            still target the clean image.
+        noise_kind: ``"sign"`` (every pixel moved by the amplitude, up or down), ``"uniform"``,
+            ``"fgsm"`` or ``"pgd"`` (targeted attacks on the source classifier towards random
+            wrong labels; see :class:`~puvae_defense.losses.PuVAEObjective`).
+        noise_fraction: share of each batch that is perturbed (the rest stays clean).
+        noise_steps: PGD steps for ``noise_kind="pgd"``.
+        noise_amplitude: ``"uniform"`` (amplitude ``U(0, input_noise)`` per image) or ``"fixed"``.
         val_size: validation images evaluated after each epoch.
         amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units) or ``"fp16"`` (CUDA) autocast.
         seed: seeds initialisation, data order and sampling.
@@ -87,27 +93,32 @@ class TrainConfig:
     proj_scale: float = 100.0
     proj_sigma_eps: float = 0.1
     input_noise: float = 0.0
-    noise_kind: Literal["sign", "uniform"] = "sign"
+    noise_kind: Literal["sign", "uniform", "fgsm", "pgd"] = "sign"
+    noise_fraction: float = 1.0
+    noise_steps: int = 1
+    noise_amplitude: Literal["uniform", "fixed"] = "uniform"
     val_size: int = 1000
     amp: Literal["off", "bf16", "fp16"] = "off"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "val_size"):
+        for name in ("epochs", "batch_size", "val_size", "noise_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "val_size" else 1):
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         for name in ("lr", "lambda_rc", "lambda_kl", "lambda_ce", "kl_warmup_epochs", "lambda_wrong_ce",
-                     "lambda_proj", "proj_scale", "proj_sigma_eps", "input_noise"):
+                     "lambda_proj", "proj_scale", "proj_sigma_eps", "input_noise", "noise_fraction"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "rc_reduction": ("sum", "mean"), "kl_reduction": ("sum", "mean"),
                    "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16"),
-                   "noise_kind": ("sign", "uniform")}
+                   "noise_kind": ("sign", "uniform", "fgsm", "pgd"), "noise_amplitude": ("uniform", "fixed")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 <= self.noise_fraction <= 1:
+            raise ValueError(f"TrainConfig.noise_fraction must be in [0, 1], got {self.noise_fraction!r}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
 
@@ -261,6 +272,25 @@ def evaluate_purifier(
     }
 
 
+@torch.no_grad()
+def latent_spread(vae: PuVAE, data: ImageDataset, limit: int = 1000) -> dict[str, float]:
+    """How much of the within-class variation of the inputs survives encode/decode(mu).
+
+    Mean per-pixel standard deviation within each class, averaged over classes, for the
+    inputs and for their reconstructions. A reconstruction spread near 0 means the latent
+    code was ignored (posterior collapse): every projection onto class c is the same image.
+    """
+    images, labels = data.images[:limit], data.labels[:limit]
+    device = vae.encoder_in.weight.device
+    mu, _ = vae.encode(images.to(device), labels.to(device))
+    recon = vae.decode(mu, labels.to(device)).float().cpu()
+
+    def spread(x: torch.Tensor) -> float:
+        return float(torch.stack([x[labels == c].std(0).mean() for c in labels.unique()]).mean())
+
+    return {"input": spread(images), "reconstruction": spread(recon)}
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def _checkpoints(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"{_CHECKPOINT_PREFIX}*.safetensors"))
@@ -378,7 +408,7 @@ def fit(
     source_clf: nn.Module,
     *,
     config: PuVAEConfig | None = None,
-    recipe: TrainConfig | None = None,
+    recipe: TrainConfig | str | None = None,
     val_dataset: Dataset[Any] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
@@ -393,7 +423,9 @@ def fit(
             It is copied and frozen (eval mode, no gradient); the caller's module is untouched.
         config: PuVAE layer sizes; default the paper's sizes for the data set's image
             shape and class count (``classes`` attribute, else the source's output width).
-        recipe: a :class:`TrainConfig` (default: the paper's settings).
+        recipe: a :class:`TrainConfig` or the name of one in :data:`puvae_defense.recipes.RECIPES`:
+            ``"robust"`` (the default, ours, chosen on validation) or ``"paper"`` (the paper's
+            settings, read literally).
         val_dataset: evaluated after every epoch (first ``val_size`` images).
         checkpoint_dir: write a checkpoint after every epoch and resume from the latest.
         device: default CUDA when available (under torchrun: ``cuda:LOCAL_RANK``).
@@ -410,7 +442,13 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    recipe = (recipe or TrainConfig()).replace(**options)
+    from .recipes import DEFAULT_RECIPE, get_recipe
+
+    if recipe is None or isinstance(recipe, str):
+        recipe = get_recipe(DEFAULT_RECIPE if recipe is None else recipe)
+    elif not isinstance(recipe, TrainConfig):
+        raise TypeError(f"recipe must be a TrainConfig or a recipe name, got {type(recipe).__name__}")
+    recipe = recipe.replace(**options)
     rank, world, device, initialised_here = _distributed_setup(device)
     if recipe.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use amp='bf16' on a CPU")
@@ -432,6 +470,7 @@ def fit(
     objective: nn.Module = PuVAEObjective(
         vae, source, rc_reduction=recipe.rc_reduction, kl_reduction=recipe.kl_reduction, ce_form=recipe.ce_form, proj_scale=recipe.proj_scale,
         proj_sigma_eps=recipe.proj_sigma_eps, input_noise=recipe.input_noise, noise_kind=recipe.noise_kind,
+        noise_fraction=recipe.noise_fraction, noise_steps=recipe.noise_steps, noise_amplitude=recipe.noise_amplitude,
         need_wrong=recipe.lambda_wrong_ce > 0, need_proj=recipe.lambda_proj > 0,
     )
     if world > 1:

@@ -36,7 +36,7 @@ from puvae_defense.classifiers import PaperClassifier, accuracy, fit_classifier
 from puvae_defense.data import ImageDataset, load_dataset
 from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
-from puvae_defense.training import TrainConfig, evaluate_purifier, fit
+from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Classifier name -> (architecture, epochs).
 CLASSIFIERS = {"mnist-source": ("source", 5), "mnist-classifier-a": ("A", 5), "mnist-classifier-b": ("B", 5)}
@@ -130,25 +130,6 @@ def choose(sweep: dict[str, Any]) -> str:
     if good:
         return max(good, key=lambda n: sweep[n]["val_fgsm_defended_source"])
     return max(sweep, key=purified)
-
-
-def latent_spread(vae: PuVAE, data: ImageDataset, limit: int = 1000) -> dict[str, float]:
-    """How much of the within-class variation of the inputs survives encode/decode(mu).
-
-    Mean per-pixel standard deviation within each class, averaged over classes, for the
-    inputs and for their reconstructions. A reconstruction spread near 0 means the latent
-    code was ignored (posterior collapse): every projection onto class c is the same image.
-    """
-    images, labels = data.images[:limit], data.labels[:limit]
-    device = vae.encoder_in.weight.device
-    with torch.no_grad():
-        mu, _ = vae.encode(images.to(device), labels.to(device))
-        recon = vae.decode(mu, labels.to(device)).float().cpu()
-
-    def spread(x: torch.Tensor) -> float:
-        return float(torch.stack([x[labels == c].std(0).mean() for c in labels.unique()]).mean())
-
-    return {"input": spread(images), "reconstruction": spread(recon)}
 
 
 def limitations(metrics: dict[str, float], last: dict[str, float], spread: dict[str, float]) -> str:

@@ -18,6 +18,8 @@ from conftest import synthetic_dataset
         ("C", (3, 32, 32), None),
         ("D", (3, 32, 32), None),
         ("source", (1, 28, 28), 832 + 51_264 + 262_400 + 2_570),
+        # cw: 28 -> 26 -> 24 -> pool 12 -> 10 -> 8 -> pool 4; 64*4*4 = 1024 features
+        ("cw", (1, 28, 28), 320 + 9_248 + 18_496 + 36_928 + 205_000 + 40_200 + 2_010),
     ],
 )
 def test_architectures(arch, shape, params) -> None:
@@ -26,7 +28,7 @@ def test_architectures(arch, shape, params) -> None:
     if params is not None:
         assert sum(p.numel() for p in model.parameters()) == params
     dropouts = [m.p for m in model if isinstance(m, torch.nn.Dropout)]
-    assert dropouts == ([] if arch == "source" else [0.25, 0.5])
+    assert dropouts == ([] if arch in ("source", "cw") else [0.25, 0.5])
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from puvae_defense import PuVAE, PurifiedClassifier
@@ -80,3 +81,47 @@ def test_the_distance_attack_pushes_inputs_off_their_own_class(tiny_vae: PuVAE) 
     adversarial = pgd(rule, images, labels, eps=0.1, step_size=0.02, steps=10, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert margin(adversarial) < margin(images)
+
+
+def test_attack_cache_gives_the_same_numbers_and_is_reused(tiny_vae: PuVAE, tmp_path, monkeypatch) -> None:
+    from puvae_defense import evaluation
+
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM", "RAND+FGSM", "CW"), adaptive=(), batch_size=8, overrides=QUICK)
+    plain = evaluate(nets, defended, data, settings, progress=False)["classifiers"]["A"]
+    cache = evaluation.AttackCache(tmp_path / "cache")
+    first = evaluate(nets, defended, data, settings, cache=cache, progress=False)["classifiers"]["A"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3 * 2  # attacks x batches
+    monkeypatch.setattr(evaluation, "_gray_box_attack", lambda name, params: pytest.fail("cache miss"))
+    second = evaluate(nets, defended, data, settings, cache=evaluation.AttackCache(tmp_path / "cache"),
+                      progress=False)["classifiers"]["A"]
+    assert plain["gray_box"] == first["gray_box"] == second["gray_box"]
+
+
+def test_attack_cache_key_follows_weights_params_and_pixels(tmp_path) -> None:
+    from puvae_defense.evaluation import AttackCache
+
+    cache, net, x = AttackCache(tmp_path), tiny_source().eval(), torch.rand(4, 1, 28, 28)
+    key = cache.path(net, "FGSM", {"eps": 0.3}, 0, 0, x)
+    assert key == AttackCache(tmp_path).path(net, "FGSM", {"eps": 0.3}, 0, 0, x.clone())
+    other = tiny_source().eval()
+    with torch.no_grad():
+        other[1].weight.add_(1e-3)
+    assert key != AttackCache(tmp_path).path(other, "FGSM", {"eps": 0.3}, 0, 0, x)
+    assert key != cache.path(net, "FGSM", {"eps": 0.2}, 0, 0, x)
+    assert key != cache.path(net, "FGSM", {"eps": 0.3}, 1, 0, x)
+    assert key != cache.path(net, "FGSM", {"eps": 0.3}, 0, 0, x.flip(0))
+
+
+def test_purifier_does_not_change_gray_box_examples(tiny_vae: PuVAE) -> None:
+    """Targets and attack noise come from per-batch generators the purifier never touches."""
+    nets, _ = _setup(tiny_vae)
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=(), batch_size=8, overrides=QUICK)
+    torch.manual_seed(1)
+    other_vae = PuVAE(tiny_vae.config).eval()
+    reports = [evaluate(nets, {"A": PurifiedClassifier(nets["A"], vae, sigma_eps=s)}, data, settings, progress=False)
+               for vae, s in ((tiny_vae, 0.1), (other_vae, 0.5))]
+    assert reports[0]["classifiers"]["A"]["gray_box"]["RAND+FGSM"]["no_defense"] == \
+        reports[1]["classifiers"]["A"]["gray_box"]["RAND+FGSM"]["no_defense"]

@@ -161,3 +161,98 @@ def test_distributed_training_with_two_gloo_processes(tmp_path) -> None:
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP kept the replicas in sync
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-0001.safetensors"]
     assert (tmp_path / "world").read_text() == "2"
+
+
+def _objective(vae, source, **options):
+    from puvae_defense.losses import PuVAEObjective
+
+    settings = {"rc_reduction": "sum", "kl_reduction": "sum", "ce_form": "binary", "proj_scale": 100.0, "proj_sigma_eps": 0.1,
+                "input_noise": 0.2, "noise_kind": "fgsm", "noise_fraction": 1.0, "noise_steps": 1,
+                "noise_amplitude": "fixed", "need_wrong": False, "need_proj": False}
+    return PuVAEObjective(vae, source, **{**settings, **options})
+
+
+@pytest.mark.parametrize("kind", ["fgsm", "pgd", "sign", "uniform"])
+def test_input_perturbations_respect_budget_and_fraction(tiny_vae, kind: str) -> None:
+    data = synthetic_dataset(16)
+    images, labels = data.images, data.labels
+    objective = _objective(tiny_vae, tiny_source().eval(), noise_kind=kind, noise_fraction=0.5, noise_steps=3)
+    torch.manual_seed(0)
+    moved = objective._perturbed(images, labels)
+    delta = (moved - images).abs().flatten(1).amax(1)
+    assert torch.equal(moved[8:], images[8:])  # the second half stays clean
+    assert bool((delta[:8] <= 0.2 + 1e-6).all()) and bool((delta[:8] > 0.1).all())
+    if kind in ("fgsm", "sign"):  # every pixel moves by the full budget unless clipped at 0 or 1
+        step = (moved[:8] - images[:8]).abs()
+        clipped = (moved[:8] == 0) | (moved[:8] == 1)
+        assert bool((((step - 0.2).abs() < 1e-6) | clipped).all())
+
+
+def test_fgsm_inputs_move_the_source_towards_a_wrong_label(tiny_vae) -> None:
+    data = synthetic_dataset(64)
+    source = fit_source_for_test(data)
+    objective = _objective(tiny_vae, source, input_noise=0.3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        clean = (source(data.images).argmax(1) == data.labels).float().mean()
+        attacked = (source(objective._perturbed(data.images, data.labels)).argmax(1) == data.labels).float().mean()
+    assert attacked < clean - 0.2
+
+
+def fit_source_for_test(data):
+    from puvae_defense.classifiers import fit_classifier
+
+    return fit_classifier(data, "source", epochs=3, batch_size=32, progress=False).requires_grad_(False)
+
+
+def test_uniform_amplitude_varies_per_image(tiny_vae) -> None:
+    data = synthetic_dataset(32)
+    objective = _objective(tiny_vae, tiny_source().eval(), noise_kind="sign", noise_amplitude="uniform", input_noise=0.3)
+    torch.manual_seed(0)
+    delta = (objective._perturbed(data.images, data.labels) - data.images).abs().flatten(1).amax(1)
+    assert bool((delta <= 0.3 + 1e-6).all()) and float(delta.std()) > 0.03
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"noise_fraction": 1.5}, "noise_fraction"), ({"noise_kind": "blur"}, "noise_kind"),
+     ({"noise_steps": 0}, "noise_steps"), ({"noise_amplitude": "max"}, "noise_amplitude")],
+)
+def test_bad_perturbation_options(options, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+def test_named_recipes() -> None:
+    from puvae_defense.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
+
+    assert get_recipe("paper") == TrainConfig()  # the paper, literally: TrainConfig's defaults
+    paper = get_recipe("paper")
+    assert (paper.lambda_rc, paper.lambda_kl, paper.lambda_ce, paper.lambda_proj, paper.input_noise) == (0.01, 0.1, 10.0, 0, 0)
+    assert DEFAULT_RECIPE in RECIPES and get_recipe(DEFAULT_RECIPE).lambda_proj > 0
+    with pytest.raises(ValueError, match="known recipes: \\['paper'"):
+        get_recipe("best")
+    with pytest.raises(TypeError):
+        RECIPES["mine"] = TrainConfig()  # type: ignore[index]
+
+
+def test_fit_takes_a_recipe_by_name() -> None:
+    data = synthetic_dataset(32)
+    paper = _fit(data, tiny_source(), recipe="paper", epochs=1)
+    assert set(paper.training_history[0].train) == {"total", "rc", "kl", "ce"}
+    ours = _fit(data, tiny_source(), epochs=1)  # the default recipe: every term of ours
+    assert set(ours.training_history[0].train) == {"total", "rc", "kl", "ce", "wrong_ce", "proj"}
+    with pytest.raises(ValueError, match="unknown training recipe 'fast'"):
+        _fit(data, tiny_source(), recipe="fast")
+    with pytest.raises(TypeError, match="recipe must be a TrainConfig"):
+        _fit(data, tiny_source(), recipe={"epochs": 1})
+
+
+def test_latent_spread_of_inputs_and_reconstructions(tiny_vae) -> None:
+    from puvae_defense.data import ImageDataset
+
+    data = synthetic_dataset(40)
+    spread = training.latent_spread(tiny_vae, data)
+    assert spread["input"] > 0 and spread["reconstruction"] >= 0
+    same = ImageDataset(data.images[:1].repeat(40, 1, 1, 1), data.labels[:1].repeat(40), data.classes)
+    assert training.latent_spread(tiny_vae, same)["input"] == 0
