@@ -51,6 +51,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         load_dataset(args.dataset, "train", root=args.data_root),
         source,
         val_dataset=load_dataset(args.dataset, "val", root=args.data_root),
+        recipe=args.recipe,
         checkpoint_dir=args.checkpoint_dir,
         device=args.device,
         **options,
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None)
     train.add_argument("--data-root", default=None)
     train.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
+    train.add_argument("--recipe", default=None,
+                       help="named recipe (puvae_defense.recipes): 'robust' (default, ours) or 'paper' (the paper, "
+                            "literally); the options below override single fields")
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)
 

@@ -26,7 +26,7 @@ PAPER = TrainConfig()
 #: half of every batch replaced by targeted FGSM images computed on the source classifier, the
 #: budget drawn in [0, 0.3] per image, reconstructions targeting the clean images. Cosine schedule.
 ROBUST = TrainConfig(
-    epochs=4, lr_schedule="cosine", lambda_rc=1.0, lambda_kl=1.0, lambda_ce=10.0, lambda_wrong_ce=10.0,
+    epochs=3, lr_schedule="cosine", lambda_rc=1.0, lambda_kl=1.0, lambda_ce=10.0, lambda_wrong_ce=10.0,
     lambda_proj=100.0, input_noise=0.3, noise_kind="fgsm", noise_fraction=0.5,
 )
 

@@ -2,7 +2,7 @@
 # One session on a lent GPU machine (the `device` tool), run from the repository root:
 #   1. the kernel and model tests on CUDA (Triton compiled for the GPU, not interpreted);
 #   2. benchmarks/projection.py on CUDA;
-#   3. scripts/train_mnist.py (classifiers, PuVAE recipe candidates, hub folders);
+#   3. scripts/train_mnist.py (classifiers, the "robust" and "paper" recipes, hub folders);
 #   4. the full Table 2 evaluation (puvae-defense evaluate).
 # MNIST travels as .gpu/mnist-raw.tar.gz (carried, git-ignored). Results are bundled into
 # $OUT after every stage (at most 8 files of 16 MiB come back), so a stage that runs out
@@ -53,6 +53,7 @@ bundle
 EVAL_RESERVE=${EVAL_RESERVE:-130}
 stamp "training, budget $(( $(left) - EVAL_RESERVE )) s"
 timeout $(( $(left) - 30 )) python3 scripts/train_mnist.py --device "$DEVICE" --out "$WORK/hub" --work "$WORK/runs" \
+    --recipes robust paper --amp bf16 --selector "$WORK/runs/selector" \
     --time-budget $(( $(left) - EVAL_RESERVE )) "${TRAIN_EXTRA[@]}" > "$WORK/logs/train.log" 2>&1
 stamp "train exit $?"
 bundle
@@ -63,7 +64,7 @@ evaluate() {  # name, then extra options
         timeout $(( $(left) - 15 )) python3 -m puvae_defense.cli evaluate --device "$DEVICE" --quiet "${EVAL_EXTRA[@]}" \
             --purifier "$WORK/hub/puvae-mnist" \
             --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" \
-            --out "$WORK/results" --name "$name" "$@" > "$WORK/logs/evaluate_$name.log" 2>&1
+            --out "$WORK/results" --name "$name" --cache "$WORK/adv_cache" "$@" > "$WORK/logs/evaluate_$name.log" 2>&1
         stamp "evaluate $name exit $?"
         bundle
     fi

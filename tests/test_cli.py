@@ -50,6 +50,10 @@ def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
     assert model.config.num_classes == 10
     history = json.loads((tmp_path / "vae" / "history.json").read_text())
     assert history[0]["epoch"] == 1 and "proj" in history[0]["train"]
+    assert main(["train", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "paper"), "--recipe", "paper",
+                 "--epochs", "1", "--batch-size", "32", "--val-size", "8", "--device", "cpu"]) == 0
+    history = json.loads((tmp_path / "paper" / "history.json").read_text())
+    assert set(history[0]["train"]) == {"total", "rc", "kl", "ce"}
 
 
 def test_evaluate_runs_only_the_chosen_adaptive_attacks(tmp_path, tiny_vae: PuVAE, mnist_root) -> None:

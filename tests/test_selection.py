@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from puvae_defense import PuVAE
+from puvae_defense.selection import SELECTOR_SETTINGS, choose_recipe, selection_metrics
+
+from conftest import synthetic_dataset, tiny_source
+
+
+def test_choose_prefers_the_most_robust_of_the_accurate() -> None:
+    scores = {"accurate": {"clean": 99.0, "fgsm": 50.0}, "robust": {"clean": 98.2, "fgsm": 70.0},
+              "fragile-but-robust": {"clean": 90.0, "fgsm": 90.0}}
+    assert choose_recipe(scores) == "robust"
+    assert choose_recipe(scores, clean_target=98.5) == "accurate"
+    assert choose_recipe({"a": {"clean": 90.0, "fgsm": 10.0}, "b": {"clean": 92.0, "fgsm": 5.0}}) == "b"
+    with pytest.raises(ValueError, match="no candidates"):
+        choose_recipe({})
+
+
+def test_selector_is_held_out() -> None:
+    assert SELECTOR_SETTINGS["arch"] not in ("A", "B", "source")
+
+
+def test_selection_metrics_are_percentages_and_ratios(tiny_vae: PuVAE) -> None:
+    data = synthetic_dataset(20)
+    torch.manual_seed(0)
+    scores = selection_metrics(tiny_vae, tiny_source().eval(), data)
+    assert set(scores) == {"clean", "fgsm", "projection", "kl", "spread"}
+    assert all(0 <= scores[k] <= 100 for k in ("clean", "fgsm", "projection"))
+    assert scores["kl"] >= 0 and scores["spread"] >= 0
