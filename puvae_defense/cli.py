@@ -95,7 +95,7 @@ ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PG
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import AttackCache, EvalSettings, evaluate, results_markdown
+    from .evaluation import AttackCache, EvalSettings, evaluate, results_markdown, weights_fingerprint
 
     # Same seed, same hardware, same numbers: no autotuned or nondeterministic kernels.
     torch.backends.cudnn.benchmark = False
@@ -112,6 +112,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     report = evaluate(nets, defended, test, settings, cache=cache, progress=not args.quiet)
     report["meta"]["command"] = shlex.join(["puvae-defense", *args.argv])
     report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
+    report["meta"]["purifier_fingerprint"] = weights_fingerprint(purifier)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -44,6 +44,7 @@ __all__ = [
     "defended_accuracy",
     "evaluate",
     "results_markdown",
+    "weights_fingerprint",
 ]
 
 #: Table 2 of the paper (MNIST): (classifier, attack) -> (no attack, no defense, PuVAE), %.
@@ -127,6 +128,15 @@ def _gray_box_attack(name: str, params: Mapping[str, Any]) -> Callable[..., torc
                                        confidence=params["cw_confidence"])
 
 
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's parameter and buffer names and float32 values (dtype- and device-independent)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class AttackCache:
     """Gray-box adversarial examples on disk, keyed by everything that determines them.
 
@@ -146,11 +156,7 @@ class AttackCache:
     def _fingerprint(self, classifier: nn.Module) -> str:
         key = id(classifier)
         if key not in self._fingerprints:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(classifier.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-            self._fingerprints[key] = digest.hexdigest()
+            self._fingerprints[key] = weights_fingerprint(classifier)
         return self._fingerprints[key]
 
     def path(self, classifier: nn.Module, attack: str, params: Mapping[str, Any], seed: int, start: int,

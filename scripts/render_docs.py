@@ -56,7 +56,6 @@ def adaptive_table(reports: list[dict]) -> str:
 
 def headline() -> str:
     table2 = _load("table2_mnist.json")
-    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None]
     if table2 is None:
         return "_Not evaluated yet: run `puvae-defense evaluate` (docs/evaluation.md)._"
     meta = table2["meta"]
@@ -68,7 +67,15 @@ def headline() -> str:
         "",
         results_markdown(table2).strip(),
     ]
-    if adaptive:
+    # Only reports measured on the same purifier weights as Table 2 belong in its tables.
+    fingerprint = table2["meta"].get("purifier_fingerprint")
+    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS)
+                if r is not None and r["meta"].get("purifier_fingerprint") == fingerprint]
+    if not adaptive:
+        lines += ["", "Adaptive white-box attacks (PGD through the purifier, BPDA, EOT, PGD on the purifier's "
+                  "distances) have not been run on this purifier yet; the commands are in docs/evaluation.md, and "
+                  "the 0.1.0 purifier's results are kept in `docs/results/0.1.0/`."]
+    else:
         params = adaptive[0]["meta"]["attack_params"]
         runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['wall_seconds'] / 60:.0f} min)" for r in adaptive)
         lines += [

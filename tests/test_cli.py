@@ -7,7 +7,7 @@ import torch
 from puvae_defense import PuVAE
 from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
 from puvae_defense.cli import ADAPTIVE_KEYS, main
-from puvae_defense.evaluation import ADAPTIVE_ATTACKS
+from puvae_defense.evaluation import ADAPTIVE_ATTACKS, weights_fingerprint
 
 
 def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
@@ -22,6 +22,7 @@ def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_ro
     report = json.loads((tmp_path / "out" / "t.json").read_text())
     assert report["classifiers"]["A"]["n"] == 12 and set(report["classifiers"]["A"]["gray_box"]) == {"FGSM", "iFGSM"}
     assert report["meta"]["command"].startswith("puvae-defense evaluate")
+    assert report["meta"]["purifier_fingerprint"] == weights_fingerprint(tiny_vae)
     assert (tmp_path / "out" / "t.md").read_text().startswith("| Classifier |")
     assert (tmp_path / "out" / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| A | FGSM |" in capsys.readouterr().out

@@ -125,3 +125,14 @@ def test_purifier_does_not_change_gray_box_examples(tiny_vae: PuVAE) -> None:
                for vae, s in ((tiny_vae, 0.1), (other_vae, 0.5))]
     assert reports[0]["classifiers"]["A"]["gray_box"]["RAND+FGSM"]["no_defense"] == \
         reports[1]["classifiers"]["A"]["gray_box"]["RAND+FGSM"]["no_defense"]
+
+
+def test_weights_fingerprint_follows_the_values(tiny_vae: PuVAE) -> None:
+    from puvae_defense.evaluation import weights_fingerprint
+
+    half = PuVAE(tiny_vae.config)
+    half.load_state_dict(tiny_vae.state_dict())
+    assert weights_fingerprint(half) == weights_fingerprint(tiny_vae)
+    with torch.no_grad():
+        half.encoder_in.weight[0, 0] += 1.0
+    assert weights_fingerprint(half) != weights_fingerprint(tiny_vae)
