@@ -29,7 +29,7 @@ source = fit_classifier(train, "source", num_classes=5, epochs=2, progress=False
 print(f"source classifier: {accuracy(source, val):.1f}% on validation")
 
 config = PuVAEConfig(image_shape=(1, 28, 28), num_classes=5, encoder_hidden=(256, 256), decoder_hidden=256)
-puvae = fit(train, source, config=config, val_dataset=val, epochs=3, lambda_proj=1.0, lr_schedule="cosine",
+puvae = fit(train, source, config=config, recipe="robust", val_dataset=val, epochs=3,
             checkpoint_dir="runs/example-custom", val_size=500)
 for stats in puvae.training_history:
     print(f"epoch {stats.epoch}: purified validation accuracy {stats.val_purified_acc:.1f}%")
