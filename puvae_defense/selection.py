@@ -10,7 +10,10 @@ targeted-FGSM validation images computed on the selector (the paper's gray-box t
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,7 +26,9 @@ from .evaluation import defended_accuracy
 from .model import PuVAE
 from .training import evaluate_purifier, latent_spread
 
-__all__ = ["SELECTOR_SETTINGS", "choose_recipe", "selection_metrics", "train_selector"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SELECTOR_SETTINGS", "choose_recipe", "load_selector", "selection_metrics", "train_selector"]
 
 #: How the held-out selection classifier is trained (``fit_classifier`` arguments).
 SELECTOR_SETTINGS: Mapping[str, object] = {"arch": "cw", "epochs": 2, "seed": 1}
@@ -32,6 +37,16 @@ SELECTOR_SETTINGS: Mapping[str, object] = {"arch": "cw", "epochs": 2, "seed": 1}
 def train_selector(train: ImageDataset, *, device: torch.device | str | None = None) -> PaperClassifier:
     """The held-out selection classifier, trained on ``train`` with :data:`SELECTOR_SETTINGS`."""
     return fit_classifier(train, **SELECTOR_SETTINGS, device=device, progress=False)  # type: ignore[arg-type]
+
+
+def load_selector(path: str | os.PathLike[str], train: ImageDataset, *,
+                  device: torch.device | str | None = None) -> PaperClassifier:
+    """The selector saved (fp16) in ``path``, trained there first from ``train`` if absent."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        logger.info("training the held-out selection classifier into %s", path)
+        train_selector(train, device=device).save_pretrained(path, dtype=torch.float16)
+    return PaperClassifier.from_pretrained(path, device=device)
 
 
 def selection_metrics(vae: PuVAE, selector: nn.Module, data: ImageDataset, *, eps: float = 0.3, seed: int = 1) -> dict[str, float]:

@@ -33,16 +33,9 @@ import torch
 
 from puvae_defense import PuVAE
 from puvae_defense.classifiers import PaperClassifier
-from puvae_defense.data import ImageDataset, load_dataset
-from puvae_defense.selection import selection_metrics, train_selector
+from puvae_defense.data import load_dataset
+from puvae_defense.selection import load_selector, selection_metrics
 from puvae_defense.training import fit
-
-
-def load_selector(path: Path, train: ImageDataset) -> torch.nn.Module:
-    """The held-out selection classifier, trained once (``selection.SELECTOR_SETTINGS``) if absent."""
-    if not (path / "model.safetensors").is_file():
-        train_selector(train).save_pretrained(path, dtype=torch.float16)
-    return PaperClassifier.from_pretrained(path)
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from puvae_defense.data import ImageDataset, load_dataset
 from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
-from puvae_defense.selection import choose_recipe, selection_metrics, train_selector
+from puvae_defense.selection import choose_recipe, load_selector, selection_metrics
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Classifier name -> (architecture, epochs).
@@ -88,14 +88,6 @@ def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
                     "wall time": f"{saved['seconds']:.0f} s on {saved['hardware']}", "seed": 0}
         results[name] = {"folder": folder, "val_accuracy": saved["val_accuracy"], "training": training}
     return results
-
-
-def load_selector(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device) -> PaperClassifier:
-    """The held-out selection classifier (never A, B or the source), trained once if absent."""
-    if not (args.selector / "model.safetensors").is_file():
-        _log(f"training the held-out selection classifier into {args.selector}")
-        train_selector(data["train"], device=device).save_pretrained(args.selector, dtype=torch.float16)
-    return PaperClassifier.from_pretrained(args.selector, device=device)
 
 
 def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDataset], source: torch.nn.Module,
@@ -239,7 +231,7 @@ def main() -> None:
         args.selector = args.work / "selector"
     classifiers = train_classifiers(args, data, device)
     source = PaperClassifier.from_pretrained(classifiers["mnist-source"]["folder"], device=device)
-    selector = load_selector(args, data, device)
+    selector = load_selector(args.selector, data["train"], device=device)
     sweep = train_puvae_candidates(args, data, source, selector, device)
     chosen = choose_recipe({name: saved["selection"] for name, saved in sweep.items()})
     _log(f"chosen recipe: {chosen!r}")

@@ -30,3 +30,18 @@ def test_selection_metrics_are_percentages_and_ratios(tiny_vae: PuVAE) -> None:
     assert set(scores) == {"clean", "fgsm", "projection", "kl", "spread"}
     assert all(0 <= scores[k] <= 100 for k in ("clean", "fgsm", "projection"))
     assert scores["kl"] >= 0 and scores["spread"] >= 0
+
+
+def test_load_selector_trains_once_then_loads(tmp_path, monkeypatch) -> None:
+    from puvae_defense import selection
+
+    data = synthetic_dataset(40)
+    calls = []
+    real = selection.train_selector
+    monkeypatch.setattr(selection, "train_selector", lambda train, device=None: calls.append(1) or real(
+        train, device=device))
+    monkeypatch.setattr(selection, "SELECTOR_SETTINGS", {**selection.SELECTOR_SETTINGS, "epochs": 1})
+    first = selection.load_selector(tmp_path / "sel", data)
+    second = selection.load_selector(tmp_path / "sel", data)
+    assert calls == [1] and first.config.arch == "cw"
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
