@@ -9,10 +9,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -22,9 +25,19 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
     for item in dataclasses.fields(TrainConfig):
         default = item.default
-        kind = type(default) if not isinstance(default, bool) else str
+        kind = _flag if isinstance(default, bool) else type(default)
         parser.add_argument(f"--{item.name.replace('_', '-')}", type=kind, default=None,
                             help=f"TrainConfig.{item.name} (default {default!r})")
+
+
+def _flag(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``1/0`` (any case) for boolean training options."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _load_classifier(name_or_path: str, device: str):
@@ -45,19 +58,42 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .training import TrainConfig, fit
 
+    from .model_card import model_card
+    from .recipes import DEFAULT_RECIPE, FINETUNE_RECIPE
+
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     source = _load_classifier(args.source, args.device or "cpu")
+    started = time.perf_counter()
     model = fit(
         load_dataset(args.dataset, "train", root=args.data_root),
         source,
         val_dataset=load_dataset(args.dataset, "val", root=args.data_root),
         recipe=args.recipe,
+        init=args.init,
         checkpoint_dir=args.checkpoint_dir,
         device=args.device,
         **options,
     )
-    model.save_pretrained(args.out, dtype=None if args.fp32 else torch.float16)
+    recipe = args.recipe or (FINETUNE_RECIPE if args.init else DEFAULT_RECIPE)
+    training: dict[str, Any] = {"recipe": recipe, "overrides": options, "source": args.source,
+                                "epochs": len(model.training_history), "seconds (this run)": round(time.perf_counter() - started),
+                                "command": "puvae-defense " + " ".join(sys.argv[1:])}
+    if model.training_init is not None:
+        training["fine-tuned from"] = model.training_init
+    last = model.training_history[-1].to_dict() if model.training_history else {}
+    metrics = {key.removeprefix("val_"): float(value) for key, value in last.items()
+               if key.startswith("val_") and isinstance(value, float) and math.isfinite(value)}
+    name = Path(args.out).name
+    model.save_pretrained(args.out, dtype=None if args.fp32 else torch.float16,
+                          metadata={"name": name, "dataset": args.dataset, "metrics": metrics, "training": training})
     (Path(args.out) / "history.json").write_text(json.dumps([h.to_dict() for h in model.training_history], indent=2))
+    description = (f"A PuVAE purifier for {args.dataset} trained with puvae-defense (recipe {recipe!r}"
+                   + (f", fine-tuned from {model.training_init['name']!r}" if model.training_init else "") + "). "
+                   "Metrics are on the first validation images after the last epoch (percentages; rmse and kl raw).")
+    (Path(args.out) / "README.md").write_text(model_card(name=name, model_type="puvae", dataset=args.dataset,
+                                                         description=description, metrics=metrics,
+                                                         training={k: json.dumps(v) if isinstance(v, dict) else v
+                                                                   for k, v in training.items()}))
     print(f"saved {args.out}")
 
 
@@ -168,8 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", default=None)
     train.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     train.add_argument("--recipe", default=None,
-                       help="named recipe (puvae_defense.recipes): 'robust' (default, ours) or 'paper' (the paper, "
-                            "literally); the options below override single fields")
+                       help="named recipe (puvae_defense.recipes): 'robust' (default, ours), 'paper' (the paper, "
+                            "literally) or 'finetune' (default with --init); the options below override single fields")
+    train.add_argument("--init", default=None,
+                       help="fine-tune this PuVAE (folder, registered name such as puvae-mnist, or Hub repo id) "
+                            "instead of starting from random weights")
     _add_train_options(train)
     train.set_defaults(func=_cmd_train)
 

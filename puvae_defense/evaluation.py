@@ -35,6 +35,7 @@ from torch import nn
 from .attacks import bpda, cw_l2, fgsm, ifgsm, pgd, rand_fgsm, random_targets
 from .classifier import PurifiedClassifier
 from .data import ImageDataset
+from .serialization import weights_fingerprint
 
 __all__ = [
     "ATTACK_SETTINGS",
@@ -126,15 +127,6 @@ def _gray_box_attack(name: str, params: Mapping[str, Any]) -> Callable[..., torc
                                        initial_const=params["cw_initial_const"],
                                        binary_search_steps=params["cw_binary_search_steps"],
                                        confidence=params["cw_confidence"])
-
-
-def weights_fingerprint(module: nn.Module) -> str:
-    """sha256 of a module's parameter and buffer names and float32 values (dtype- and device-independent)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class AttackCache:

@@ -65,6 +65,8 @@ class PuVAE(PretrainedMixin, nn.Module):
         self.config = config = config if config is not None else PuVAEConfig()
         #: Per-epoch metrics set by :func:`puvae_defense.fit` (not stored with the weights).
         self.training_history: tuple[Any, ...] = ()
+        #: Where :func:`puvae_defense.fit` started from (``None``: random weights); not stored with the weights.
+        self.training_init: dict[str, str] | None = None
         channels = config.image_shape[0]
         pad = config.conv_dilation * (config.conv_kernel - 1) // 2
         self.trunk = nn.ModuleList(

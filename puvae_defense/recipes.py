@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from .training import TrainConfig
 
-__all__ = ["DEFAULT_RECIPE", "RECIPES", "get_recipe"]
+__all__ = ["DEFAULT_RECIPE", "FINETUNE_RECIPE", "RECIPES", "get_recipe"]
 
 #: The paper, literally: eq. 9-13 with lambda_rc 0.01, lambda_kl 0.1, lambda_ce 10 (section 4.1),
 #: BCE summed over pixels, KL summed over latent dimensions, eq. 12's binary cross-entropy, Adam
@@ -30,11 +30,18 @@ ROBUST = TrainConfig(
     lambda_proj=100.0, input_noise=0.3, noise_kind="fgsm", noise_fraction=0.5,
 )
 
+#: Fine-tuning a trained PuVAE (``fit(..., init=...)``): the robust recipe's losses and inputs, one
+#: epoch at a fifth of its learning rate, so the pretrained latent is adapted rather than relearnt.
+FINETUNE = ROBUST.replace(epochs=1, lr=2e-4)
+
 #: Name -> recipe.
-RECIPES: Mapping[str, TrainConfig] = MappingProxyType({"paper": PAPER, "robust": ROBUST})
+RECIPES: Mapping[str, TrainConfig] = MappingProxyType({"paper": PAPER, "robust": ROBUST, "finetune": FINETUNE})
 
 #: What ``fit`` uses when no recipe is given.
 DEFAULT_RECIPE = "robust"
+
+#: What ``fit`` uses when no recipe is given and it starts from a trained model (``init=``).
+FINETUNE_RECIPE = "finetune"
 
 
 def get_recipe(name: str) -> TrainConfig:

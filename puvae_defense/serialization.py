@@ -30,6 +30,7 @@ __all__ = [
     "read_config",
     "save_folder",
     "sha256_of",
+    "weights_fingerprint",
 ]
 
 CONFIG_NAME = "config.json"
@@ -44,6 +45,15 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 of a module's parameter and buffer names and float32 values (dtype- and device-independent)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

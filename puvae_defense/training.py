@@ -34,6 +34,7 @@ from .config import PuVAEConfig
 from .data import ImageDataset
 from .losses import PuVAEObjective
 from .model import PuVAE
+from .serialization import WEIGHTS_NAME, sha256_of, weights_fingerprint
 
 __all__ = ["EpochStats", "TrainConfig", "evaluate_purifier", "fit", "latent_spread"]
 
@@ -74,6 +75,8 @@ class TrainConfig:
         noise_amplitude: ``"uniform"`` (amplitude ``U(0, input_noise)`` per image) or ``"fixed"``.
         val_size: validation images evaluated after each epoch.
         amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units) or ``"fp16"`` (CUDA) autocast.
+        freeze_trunk: keep the encoder's convolutional trunk (label-independent) fixed; meant
+            for fine-tuning a pretrained PuVAE (``fit(..., init=...)``).
         seed: seeds initialisation, data order and sampling.
     """
 
@@ -99,6 +102,7 @@ class TrainConfig:
     noise_amplitude: Literal["uniform", "fixed"] = "uniform"
     val_size: int = 1000
     amp: Literal["off", "bf16", "fp16"] = "off"
+    freeze_trunk: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,6 +121,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.freeze_trunk, bool):
+            raise ValueError(f"TrainConfig.freeze_trunk must be True or False, got {self.freeze_trunk!r}")
         if not 0 <= self.noise_fraction <= 1:
             raise ValueError(f"TrainConfig.noise_fraction must be in [0, 1], got {self.noise_fraction!r}")
         if self.lr <= 0:
@@ -305,6 +311,7 @@ def _save_checkpoint(
     step: int,
     recipe: TrainConfig,
     history: list[EpochStats],
+    origin: dict[str, str] | None = None,
 ) -> Path:
     """Write model, optimizer, progress and RNG state atomically (temporary file + os.replace)."""
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
@@ -329,6 +336,7 @@ def _save_checkpoint(
         "param_groups": json.dumps(opt_state["param_groups"]),
         "optimizer_scalars": json.dumps(scalars),
         "history": json.dumps([h.to_dict() for h in history]),
+        "init": json.dumps(origin),
     }
     path = directory / f"{_CHECKPOINT_PREFIX}{epoch:04d}.safetensors"
     tmp = path.with_suffix(".tmp")
@@ -339,7 +347,9 @@ def _save_checkpoint(
     return path
 
 
-def _load_checkpoint(path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, recipe: TrainConfig) -> tuple[int, int, list[EpochStats]]:
+def _load_checkpoint(
+    path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, recipe: TrainConfig, origin: dict[str, str] | None = None
+) -> tuple[int, int, list[EpochStats]]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -351,6 +361,12 @@ def _load_checkpoint(path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, r
         raise ValueError(
             f"{path.parent} holds a run with other settings ({differ or 'PuVAE config'}); resume with the same "
             "settings or use another checkpoint_dir"
+        )
+    saved_origin = json.loads(metadata.get("init", "null"))
+    if saved_origin != origin:
+        raise ValueError(
+            f"{path.parent} holds a run that started from {saved_origin or 'random weights'}, not from "
+            f"{origin or 'random weights'}; resume with the same init or use another checkpoint_dir"
         )
     tensors = load_file(str(path))
     vae.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
@@ -409,6 +425,7 @@ def fit(
     *,
     config: PuVAEConfig | None = None,
     recipe: TrainConfig | str | None = None,
+    init: PuVAE | str | os.PathLike[str] | None = None,
     val_dataset: Dataset[Any] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
@@ -425,7 +442,11 @@ def fit(
             shape and class count (``classes`` attribute, else the source's output width).
         recipe: a :class:`TrainConfig` or the name of one in :data:`puvae_defense.recipes.RECIPES`:
             ``"robust"`` (the default, ours, chosen on validation) or ``"paper"`` (the paper's
-            settings, read literally).
+            settings, read literally); with ``init``, ``"finetune"`` is the default.
+        init: start from a trained PuVAE instead of random weights: a :class:`PuVAE` (copied;
+            the caller's module is never modified), a weights folder, a registered name such
+            as ``"puvae-mnist"`` or a Hub repo id. The data set's image shape and classes must
+            match it. ``training_init`` of the result records where it came from.
         val_dataset: evaluated after every epoch (first ``val_size`` images).
         checkpoint_dir: write a checkpoint after every epoch and resume from the latest.
         device: default CUDA when available (under torchrun: ``cuda:LOCAL_RANK``).
@@ -435,23 +456,31 @@ def fit(
 
     Returns:
         The trained PuVAE in eval mode, with ``training_history`` (a tuple of
-        :class:`EpochStats`) attached.
+        :class:`EpochStats`) and ``training_init`` (``None``, or a dict naming the initial
+        model and its sha256) attached.
 
     Raises:
         ValueError / TypeError: bad data, labels, shapes or options, before training starts.
     """
     from tqdm.auto import tqdm
 
-    from .recipes import DEFAULT_RECIPE, get_recipe
+    from .recipes import DEFAULT_RECIPE, FINETUNE_RECIPE, get_recipe
 
     if recipe is None or isinstance(recipe, str):
-        recipe = get_recipe(DEFAULT_RECIPE if recipe is None else recipe)
+        recipe = get_recipe(recipe if recipe is not None else FINETUNE_RECIPE if init is not None else DEFAULT_RECIPE)
     elif not isinstance(recipe, TrainConfig):
         raise TypeError(f"recipe must be a TrainConfig or a recipe name, got {type(recipe).__name__}")
     recipe = recipe.replace(**options)
     rank, world, device, initialised_here = _distributed_setup(device)
     if recipe.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use amp='bf16' on a CPU")
+    initial, origin = _initial_model(init) if init is not None else (None, None)
+    if initial is not None:
+        if config is not None and config != initial.config:
+            raise ValueError(f"config= differs from the layer sizes of the initial PuVAE {origin['name']!r}; "
+                             "leave config out when fine-tuning")
+        config = initial.config
+        _check_matches_init(dataset, source_clf, config, origin["name"], device)
     image_shape, labels = _check_dataset(dataset, "dataset", config.image_shape if config else None)
     num_classes = config.num_classes if config else _infer_classes(dataset, source_clf, image_shape, device)
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
@@ -465,8 +494,9 @@ def fit(
     _check_source(source, image_shape, num_classes, device)
 
     torch.manual_seed(recipe.seed)
-    vae = PuVAE(config).to(device).train()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=recipe.lr)
+    vae = (initial if initial is not None else PuVAE(config)).to(device).train()
+    vae.trunk.requires_grad_(not recipe.freeze_trunk)
+    optimizer = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=recipe.lr)
     objective: nn.Module = PuVAEObjective(
         vae, source, rc_reduction=recipe.rc_reduction, kl_reduction=recipe.kl_reduction, ce_form=recipe.ce_form, proj_scale=recipe.proj_scale,
         proj_sigma_eps=recipe.proj_sigma_eps, input_noise=recipe.input_noise, noise_kind=recipe.noise_kind,
@@ -483,7 +513,7 @@ def fit(
         directory.mkdir(parents=True, exist_ok=True)
         existing = _checkpoints(directory)
         if existing:
-            start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe)
+            start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe, origin)
             logger.info("resuming from %s (epoch %d)", existing[-1], start_epoch)
 
     size = len(dataset)  # type: ignore[arg-type]
@@ -535,15 +565,48 @@ def fit(
             if rank == 0:
                 logger.info("epoch %d: %s", epoch + 1, json.dumps(stats.to_dict()))
                 if directory is not None:
-                    _save_checkpoint(directory, vae, optimizer, epoch=epoch + 1, step=step, recipe=recipe, history=history)
+                    _save_checkpoint(directory, vae, optimizer, epoch=epoch + 1, step=step, recipe=recipe,
+                                     history=history, origin=origin)
             if world > 1:
                 dist.barrier()
     finally:
         if initialised_here:
             dist.destroy_process_group()
-    vae.eval()
+    vae.eval().requires_grad_(True)
     vae.training_history = tuple(history)
+    vae.training_init = origin
     return vae
+
+
+def _initial_model(init: PuVAE | str | os.PathLike[str]) -> tuple[PuVAE, dict[str, str]]:
+    """A private copy of the model to fine-tune and a record of where it came from."""
+    if isinstance(init, PuVAE):
+        return copy.deepcopy(init).float(), {"name": "PuVAE module", "fingerprint": weights_fingerprint(init)}
+    if not isinstance(init, (str, os.PathLike)):
+        raise TypeError(f"init must be a PuVAE, a weights folder, a registered name or a Hub repo id, got {type(init).__name__}")
+    from .hub import resolve_folder
+
+    folder = resolve_folder(init, model_type="puvae")
+    return PuVAE.from_pretrained(folder), {"name": str(init), "sha256": sha256_of(folder / WEIGHTS_NAME)}
+
+
+def _check_matches_init(dataset: Dataset[Any], source: nn.Module, config: PuVAEConfig, name: str, device: torch.device) -> None:
+    """The data set and the source classifier must fit the initial PuVAE; say what differs."""
+    image_shape, labels = _check_dataset(dataset, "dataset", None)
+    if image_shape != config.image_shape:
+        raise ValueError(f"dataset images are {image_shape} but the initial PuVAE {name!r} takes {config.image_shape}; "
+                         "resize the images (or train from scratch without init)")
+    classes = getattr(dataset, "classes", None)
+    if classes and len(classes) != config.num_classes:
+        raise ValueError(f"dataset has {len(classes)} classes but the initial PuVAE {name!r} has {config.num_classes}")
+    if int(labels.max()) >= config.num_classes or int(labels.min()) < 0:
+        raise ValueError(f"dataset labels range from {int(labels.min())} to {int(labels.max())} but the initial PuVAE "
+                         f"{name!r} has {config.num_classes} classes")
+    with torch.no_grad():
+        logits = copy.deepcopy(source).to(device).eval()(torch.rand(2, *image_shape, device=device))
+    if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != config.num_classes:
+        raise ValueError(f"the source classifier returns {logits.shape[1]} logits but the initial PuVAE {name!r} "
+                         f"has {config.num_classes} classes")
 
 
 def _infer_classes(dataset: Dataset[Any], source: nn.Module, image_shape: tuple[int, int, int], device: torch.device) -> int:

@@ -8,6 +8,7 @@ from puvae_defense import PuVAE
 from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
 from puvae_defense.cli import ADAPTIVE_KEYS, main
 from puvae_defense.evaluation import ADAPTIVE_ATTACKS, weights_fingerprint
+from puvae_defense.serialization import sha256_of
 
 
 def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
@@ -55,6 +56,22 @@ def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
                  "--epochs", "1", "--batch-size", "32", "--val-size", "8", "--device", "cpu"]) == 0
     history = json.loads((tmp_path / "paper" / "history.json").read_text())
     assert set(history[0]["train"]) == {"total", "rc", "kl", "ce"}
+    tune = ["train", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "tuned"), "--init", str(tmp_path / "vae"),
+            "--freeze-trunk", "true", "--batch-size", "32", "--val-size", "8", "--device", "cpu",
+            "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main(tune) == 0
+    metadata = json.loads((tmp_path / "tuned" / "config.json").read_text())["metadata"]
+    assert metadata["training"]["recipe"] == "finetune" and metadata["training"]["overrides"]["freeze_trunk"] is True
+    assert metadata["training"]["fine-tuned from"] == {"name": str(tmp_path / "vae"),
+                                                       "sha256": sha256_of(tmp_path / "vae" / "model.safetensors")}
+    card = (tmp_path / "tuned" / "README.md").read_text()
+    assert "fine-tuned from" in card and metadata["training"]["fine-tuned from"]["sha256"] in card
+    tuned = PuVAE.from_pretrained(tmp_path / "tuned")
+    assert torch.equal(tuned.trunk[0].weight, model.trunk[0].weight)  # frozen, and stored in float16 both times
+    first = (tmp_path / "tuned" / "history.json").read_text()
+    assert main(tune) == 0  # the finished run resumes from its last checkpoint: nothing left to train
+    assert (tmp_path / "tuned" / "history.json").read_text() == first
+    assert torch.equal(PuVAE.from_pretrained(tmp_path / "tuned").encoder_out.weight, tuned.encoder_out.weight)
 
 
 def test_evaluate_runs_only_the_chosen_adaptive_attacks(tmp_path, tiny_vae: PuVAE, mnist_root) -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from puvae_defense import PuVAEConfig
+from puvae_defense import PuVAE, PuVAEConfig
 from puvae_defense import training
+from puvae_defense.serialization import sha256_of, weights_fingerprint
 from puvae_defense.losses import gaussian_kl, reconstruction_bce, source_cross_entropy
 from puvae_defense.training import TrainConfig, fit
 
@@ -230,7 +231,7 @@ def test_named_recipes() -> None:
     paper = get_recipe("paper")
     assert (paper.lambda_rc, paper.lambda_kl, paper.lambda_ce, paper.lambda_proj, paper.input_noise) == (0.01, 0.1, 10.0, 0, 0)
     assert DEFAULT_RECIPE in RECIPES and get_recipe(DEFAULT_RECIPE).lambda_proj > 0
-    with pytest.raises(ValueError, match="known recipes: \\['paper'"):
+    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'paper', 'robust'\\]"):
         get_recipe("best")
     with pytest.raises(TypeError):
         RECIPES["mine"] = TrainConfig()  # type: ignore[index]
@@ -256,3 +257,97 @@ def test_latent_spread_of_inputs_and_reconstructions(tiny_vae) -> None:
     assert spread["input"] > 0 and spread["reconstruction"] >= 0
     same = ImageDataset(data.images[:1].repeat(40, 1, 1, 1), data.labels[:1].repeat(40), data.classes)
     assert training.latent_spread(tiny_vae, same)["input"] == 0
+
+
+# ---------------------------------------------------------------------------- fine-tuning (init=)
+def _pretrained(tmp_path) -> tuple[PuVAE, Path]:
+    model = _fit(synthetic_dataset(64), tiny_source(), epochs=1)
+    folder = tmp_path / "pretrained"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_fine_tuning_starts_from_the_given_model_and_leaves_it_untouched(tmp_path) -> None:
+    pretrained, folder = _pretrained(tmp_path)
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    data = synthetic_dataset(64, seed=3)
+    tuned = _fit(data, tiny_source(), config=None, init=pretrained, epochs=1, lr=1e-12)
+    assert all(torch.equal(before[k], v) for k, v in pretrained.state_dict().items())  # caller's module untouched
+    assert tuned is not pretrained and tuned.config == pretrained.config
+    for key, value in tuned.state_dict().items():  # a vanishing learning rate: still the pretrained weights
+        torch.testing.assert_close(value, before[key], rtol=0, atol=1e-6, msg=key)
+    assert tuned.training_init == {"name": "PuVAE module", "fingerprint": weights_fingerprint(pretrained)}
+    from_folder = _fit(data, tiny_source(), config=None, init=folder, epochs=1, lr=1e-12)
+    assert from_folder.training_init == {"name": str(folder), "sha256": sha256_of(folder / "model.safetensors")}
+    scratch = _fit(data, tiny_source(), epochs=1, lr=1e-12)
+    assert scratch.training_init is None
+    assert not torch.equal(scratch.encoder_out.weight, tuned.encoder_out.weight)
+
+
+def test_fine_tuning_uses_the_finetune_recipe_by_default(tmp_path, monkeypatch) -> None:
+    from puvae_defense.recipes import RECIPES
+
+    pretrained, _ = _pretrained(tmp_path)
+    seen = []
+    original = training._lr_factor
+    monkeypatch.setattr(training, "_lr_factor", lambda recipe, step, total: seen.append(recipe) or original(recipe, step, total))
+    fit(synthetic_dataset(32), tiny_source(), init=pretrained, progress=False, device="cpu", batch_size=32, val_size=0)
+    assert seen and seen[0] == RECIPES["finetune"].replace(batch_size=32, val_size=0)
+    assert RECIPES["finetune"].lr < RECIPES["robust"].lr and RECIPES["finetune"].epochs < RECIPES["robust"].epochs
+
+
+def test_frozen_trunk_stays_frozen(tmp_path) -> None:
+    pretrained, _ = _pretrained(tmp_path)
+    tuned = _fit(synthetic_dataset(64, seed=4), tiny_source(), config=None, init=pretrained, epochs=1, freeze_trunk=True)
+    for conv_tuned, conv_before in zip(tuned.trunk, pretrained.trunk):
+        assert torch.equal(conv_tuned.weight, conv_before.weight) and torch.equal(conv_tuned.bias, conv_before.bias)
+    assert not torch.equal(tuned.encoder_out.weight, pretrained.encoder_out.weight)
+    assert all(p.requires_grad for p in tuned.parameters())  # the returned module is an ordinary one
+
+
+@pytest.mark.parametrize(
+    ("data", "source", "config", "message"),
+    [
+        (synthetic_dataset(32, shape=(1, 32, 32)), tiny_source((1, 32, 32)), None, r"dataset images are \(1, 32, 32\).*takes \(1, 28, 28\)"),
+        (synthetic_dataset(32, classes=12), tiny_source(classes=12), None, "12 classes but the initial PuVAE .* has 10"),
+        (torch.utils.data.TensorDataset(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 11])), tiny_source(), None,
+         "labels range from 0 to 11 but the initial PuVAE .* 10 classes"),
+        (synthetic_dataset(32), tiny_source(classes=4), None, "source classifier returns 4 logits.*10 classes"),
+        (synthetic_dataset(32), tiny_source(), PuVAEConfig(latent_dim=8), "config= differs"),
+    ],
+    ids=["shape", "classes", "labels", "source", "config"],
+)
+def test_fine_tuning_mismatches_are_explained(tmp_path, data, source, config, message) -> None:
+    pretrained, _ = _pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        fit(data, source, init=pretrained, config=config, progress=False, device="cpu", epochs=1, val_size=0)
+
+
+def test_bad_init_is_refused() -> None:
+    with pytest.raises(TypeError, match="init must be a PuVAE"):
+        _fit(synthetic_dataset(32), tiny_source(), init=3)
+    with pytest.raises(FileNotFoundError):
+        _fit(synthetic_dataset(32), tiny_source(), init="./no/such/folder")
+
+
+def test_interrupted_fine_tuning_resumes_where_a_straight_run_ends(tmp_path, monkeypatch) -> None:
+    pretrained, _ = _pretrained(tmp_path)
+    data = synthetic_dataset(96, seed=5)
+    options = {"config": None, "init": pretrained, "epochs": 2, "freeze_trunk": True}
+    original = training._epoch_indices
+
+    def interrupt(size, seed, epoch, rank, world):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(size, seed, epoch, rank, world)
+
+    monkeypatch.setattr(training, "_epoch_indices", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(data, tiny_source(), checkpoint_dir=tmp_path / "a", **options)
+    monkeypatch.undo()
+    resumed = _fit(data, tiny_source(), checkpoint_dir=tmp_path / "a", **options)
+    straight = _fit(data, tiny_source(), checkpoint_dir=tmp_path / "b", **options)
+    for (key, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
+        assert torch.equal(a, b), key
+    with pytest.raises(ValueError, match="started from"):  # the same checkpoints with another starting point
+        _fit(data, tiny_source(), checkpoint_dir=tmp_path / "a", recipe="finetune", epochs=3, freeze_trunk=True)
