@@ -5,13 +5,14 @@ images in [0, 1]. Ordinary torchvision transforms bridge the two as ``preprocess
 to the purified images (resize, channel repeat, Normalize). The ResNet is trained here from
 random weights on MNIST through the same transforms (no download: the Hub is not needed).
 
-    python examples/torchvision_resnet.py [--train-images 10000] [--test-images 500]
+    python examples/torchvision_resnet.py [--train-images 10000] [--test-images 500] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--test-images", type=int, default=500)
     parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the measured numbers here")
     args = parser.parse_args()
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     net = train_resnet(train.images[:args.train_images], train.labels[:args.train_images], epochs=args.epochs)
@@ -71,8 +73,12 @@ def main() -> None:
             "behind puvae-mnist, clean": (defended(images).argmax(1) == labels).float().mean().item(),
             "behind puvae-mnist, targeted FGSM": (defended(adversarial).argmax(1) == labels).float().mean().item(),
         }
-    print(json.dumps({key: round(100 * value, 2) for key, value in results.items()}
-                     | {"test images": len(labels), "eps": args.eps}, indent=2))
+    text = json.dumps({key: round(100 * value, 2) for key, value in results.items()}
+                      | {"train images": args.train_images, "epochs": args.epochs, "test images": len(labels),
+                         "eps": args.eps, "sigma_eps": defended.sigma_eps}, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,14 @@ def check_images(
         raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got dtype {images.dtype}{hint}")
     if check_values and images.numel():
         values = images.detach()
+        if torch.compiler.is_exporting():
+            return images  # an exported graph (ONNX) has no Python to raise from: its callers check values
+        if torch.compiler.is_compiling():  # the same check without a host sync, so no graph break
+            torch._assert_async(
+                torch.isfinite(values).all() & (values.amin() >= -RANGE_TOLERANCE) & (values.amax() <= 1 + RANGE_TOLERANCE),
+                f"{name} must be finite with values in [0, 1] (checked inside a compiled graph)",
+            )
+            return images
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"{name} contain NaN or Inf values")
         low, high = float(values.min()), float(values.max())

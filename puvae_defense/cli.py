@@ -1,4 +1,4 @@
-"""Command line: ``puvae-defense {data,train,train-classifier,evaluate,push,list-models}``.
+"""Command line: ``puvae-defense {data,train,train-classifier,evaluate,export,push,list-models}``.
 
 Argument parsing only; every command calls the library.
 """
@@ -95,6 +95,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
                                                          training={k: json.dumps(v) if isinstance(v, dict) else v
                                                                    for k, v in training.items()}))
     print(f"saved {args.out}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .classifier import PurifiedClassifier
+    from .data import load_dataset
+    from .export import OnnxModel, compare_onnx, export_onnx
+    from .model import PuVAE
+
+    purifier = PuVAE.from_pretrained(args.purifier)
+    model = PurifiedClassifier(_load_classifier(args.classifier, "cpu"), purifier, sigma_eps=0.0) if args.classifier else purifier
+    path = export_onnx(model, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if args.check:
+        images = load_dataset(args.dataset, "test", root=args.data_root).images[:args.check]
+        print(json.dumps(compare_onnx(model, OnnxModel(path), images), indent=2))
 
 
 def _cmd_train_classifier(args: argparse.Namespace) -> None:
@@ -254,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--update-registry", metavar="NAME", default=None,
                       help="pin NAME in puvae_defense/registry.json to the new revision and sha256")
     push.set_defaults(func=_cmd_push)
+
+    export = sub.add_parser("export", help="export the purifier, or a classifier behind it, to ONNX")
+    export.add_argument("--purifier", default="puvae-mnist", help="folder, registered name or Hub repo id")
+    export.add_argument("--classifier", default=None,
+                        help="also put this classifier (folder or registered name) behind the purifier: the graph outputs "
+                             "logits; without it the graph outputs purified images, labels and distances")
+    export.add_argument("--out", required=True, help="the .onnx file")
+    export.add_argument("--check", type=int, default=0, metavar="N",
+                        help="compare onnxruntime with torch on the first N test images and print the agreement")
+    export.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    export.add_argument("--data-root", default=None)
+    export.set_defaults(func=_cmd_export)
 
     listing = sub.add_parser("list-models", help="list the registered pretrained models")
     listing.set_defaults(func=_cmd_list)

@@ -284,10 +284,15 @@ class PuVAE(PretrainedMixin, nn.Module):
         batch = images.shape[0]
         noise = _noise((batch, num_classes, self.config.latent_dim), sigma_eps, generator, images, dtype)
         images_per_chunk = max_batch // num_classes
+        # A compiled or exported graph takes the batch in one chunk: a loop over a symbolic
+        # batch size would specialise the graph to one size (max_batch is not applied there).
+        if torch.compiler.is_compiling():
+            chunks: list[tuple[torch.Tensor, torch.Tensor]] = [(images, noise)]
+        else:
+            chunks = [(images[s : s + images_per_chunk], noise[s : s + images_per_chunk]) for s in range(0, batch, images_per_chunk)]
         purified, labels, distances = [], [], []
-        for start in range(0, batch, images_per_chunk):
-            chunk = images[start : start + images_per_chunk]
-            candidates = self._project_chunk(chunk, noise[start : start + images_per_chunk])
+        for chunk, chunk_noise in chunks:
+            candidates = self._project_chunk(chunk, chunk_noise)
             flat = chunk.reshape(chunk.shape[0], -1).to(candidates.dtype)  # candidates are bf16 under autocast
             sel = select_closest(flat, candidates.reshape(chunk.shape[0], num_classes, -1), backend=backend)
             purified.append(sel.selected.view(chunk.shape[0], *self.config.image_shape))
@@ -399,6 +404,13 @@ def _noise(
         raise ValueError(f"sigma_eps must be a non-negative number, got {sigma_eps!r}")
     if sigma_eps == 0:
         return torch.zeros(shape, dtype=dtype, device=like.device)
-    device = generator.device if generator is not None else like.device
-    eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    if generator is None:
+        eps = torch.randn(shape, device=like.device, dtype=torch.float32)
+    else:
+        eps = _randn_from(generator, shape)
     return (eps * sigma_eps).to(device=like.device, dtype=dtype)
+
+
+@torch.compiler.disable  # compiled graphs cannot take a torch.Generator: this draw runs eagerly
+def _randn_from(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)

@@ -21,8 +21,9 @@ RESULTS = ROOT / "docs" / "results"
 #: Table 2 reports, one per classifier or one for all, merged into one table (run
 #: separately to fit the CPU's time); all must be measured on the same purifier.
 TABLE2_REPORTS = ("table2_mnist.json", "table2_mnist_A.json", "table2_mnist_B.json")
-#: Adaptive-attack reports merged into one table (run separately to fit the CPU's time).
-ADAPTIVE_REPORTS = ("adaptive_mnist.json", "adaptive_eot_mnist.json", "adaptive_distance_mnist.json")
+#: Adaptive-attack reports merged into one table (run separately to fit the CPU's time): every
+#: ``adaptive*.json`` in docs/results (the 0.1.0 results live in a subfolder).
+ADAPTIVE_REPORTS = tuple(sorted(p.name for p in RESULTS.glob("adaptive*.json")))
 
 
 def _load(name: str) -> dict | None:
@@ -42,18 +43,25 @@ def models_table() -> str:
 
 
 def adaptive_table(reports: list[dict]) -> str:
-    """One table from several adaptive-attack reports (rows: classifiers; columns: attacks)."""
-    cells: dict[str, dict[str, float]] = {}
-    sizes: dict[str, int] = {}
+    """One table from several adaptive-attack reports (rows: classifiers; columns: attacks).
+
+    Cells measured on another number of images than the row's most common one say their n.
+    """
+    cells: dict[str, dict[str, tuple[float, int]]] = {}
     for report in reports:
         for name, result in report["classifiers"].items():
-            cells.setdefault(name, {}).update(result["adaptive"])
-            sizes[name] = result["adaptive_n"]
+            n = result["adaptive_n"]
+            cells.setdefault(name, {}).update({a: (v, n) for a, v in result["adaptive"].items()})
     attacks = [a for a in ADAPTIVE_ATTACKS if any(a in row for row in cells.values())]
     lines = ["| Classifier | n | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
     for name, row in cells.items():
-        values = " | ".join(f"{row[a]:.2f}" if a in row else "-" for a in attacks)
-        lines.append(f"| {name} | {sizes[name]:,} | {values} |")
+        sizes = [n for _, n in row.values()]
+        usual = max(set(sizes), key=sizes.count)
+        values = " | ".join(
+            "-" if a not in row else f"{row[a][0]:.2f}" + ("" if row[a][1] == usual else f" (n = {row[a][1]:,})")
+            for a in attacks
+        )
+        lines.append(f"| {name} | {usual:,} | {values} |")
     return "\n".join(lines)
 
 
