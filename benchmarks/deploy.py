@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from puvae_defense import PuVAE, PurifiedClassifier
+from puvae_defense import PuVAE
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.purification import purify_dataset
