@@ -145,6 +145,45 @@ def speed() -> str:
     return "\n".join(lines)
 
 
+def deployment() -> str:
+    bench = _load("benchmark_deploy_cpu.json")
+    if bench is None:
+        return "_Run `python benchmarks/deploy.py`._"
+    med, up = bench["median_ms"], bench["speedup_vs_eager_fp32"]
+    names = {"eager_fp32": "eager float32 (reference)", "bf16_module": "`purifier.to(torch.bfloat16)`",
+             "bf16_autocast": "`torch.autocast(\"cpu\", dtype=torch.bfloat16)`",
+             "compiled_fp32": "`torch.compile` (inductor), float32",
+             "eager_fp32_sigma0": "eager float32, sigma_eps 0", "onnxruntime_fp32_sigma0": "ONNX in onnxruntime, sigma_eps 0"}
+    flags = ", ".join(bench["cpu_flags"]) or "none reported"
+    lines = [
+        f"`{bench['command']}` ({bench['threads']} threads, torch {bench['torch']}; CPU flags of interest: {flags}), "
+        f"puvae-mnist on {bench['batch']} MNIST test images, median of {bench['repeats']} interleaved repeats:",
+        "",
+        "| path | ms per batch | speed vs eager float32 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {names.get(k, k)} | {v:.0f} | {up[k]:.2f}x |" for k, v in med.items()]
+    agree, onnx, purify = bench["bf16_agreement"], bench["onnx_vs_torch"], bench["purify_dataset"]
+    same = agree["same_class_as_fp32_percent"]
+    acc = agree["classifier_A_accuracy_percent"]
+    lines += [
+        "",
+        f"`torch.compile` took {bench['compile_seconds']:.0f} s to compile. On the first {agree['images']:,} test images "
+        f"(sigma_eps 0), bfloat16 picks float32's class for {same['bf16_module']:.2f}% (module cast) and "
+        f"{same['bf16_autocast']:.2f}% (autocast); classifier A behind the purifier: {acc['fp32']:.2f}% (float32), "
+        f"{acc['bf16_module']:.2f}% and {acc['bf16_autocast']:.2f}% (bfloat16). Distances are accumulated in float32.",
+    ]
+    if "decision_agreement" in onnx:
+        lines.append(f"The ONNX graph makes torch's decision on {onnx['decision_agreement']:.2f}% of {onnx['images']:,} "
+                     f"test images (largest difference of a purified pixel {onnx['max_abs_diff']:.1e}).")
+    lines.append(f"`puvae-defense purify` purified {purify['images']:,} test images at {purify['images_per_second']:.0f} "
+                 f"images/s (batches of {purify['batch_size']}).")
+    if not any("bf16" in f or f.startswith("amx") for f in bench["cpu_flags"]):
+        lines.append("This CPU has no bfloat16 instructions, so bfloat16 is emulated and much slower than float32 here; "
+                     "the bfloat16 paths are for CPUs with AVX512-BF16 or AMX and for GPUs, where we have not measured them.")
+    return "\n".join(lines)
+
+
 def _replace(path: Path, name: str, body: str) -> None:
     text = path.read_text()
     pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
@@ -157,6 +196,7 @@ def main() -> None:
     _replace(ROOT / "README.md", "models", models_table())
     _replace(ROOT / "README.md", "results", headline())
     _replace(ROOT / "README.md", "speed", speed())
+    _replace(ROOT / "README.md", "deploy", deployment())
     _replace(ROOT / "docs" / "evaluation.md", "results", headline())
     print("rendered README.md and docs/evaluation.md")
 
