@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv at the repository root: pinned torch/torchvision, the package with its
-# dev, eval, deploy (ONNX) and interop (ART) extras, and the attack libraries we cross-check against. Safe to run again (each step is a no-op when already done).
+# dev, eval, deploy (ONNX) and interop (ART) extras, and the attack libraries we
+# cross-check against. Safe to run again (each step is a no-op when already done).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
