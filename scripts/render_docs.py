@@ -184,6 +184,26 @@ def deployment() -> str:
     return "\n".join(lines)
 
 
+def crosscheck() -> str:
+    report = _load("crosscheck_attacks.json")
+    if report is None:
+        return "_Run `python scripts/crosscheck.py`._"
+    lines = [f"`{report['command']}` (torchattacks {report['torchattacks']}, CleverHans {report['cleverhans']}; "
+             f"first {report['images']:,} test images; {report['wall_seconds'] / 60:.0f} min). Success: share of images "
+             "the undefended classifier misclassifies; difference: largest pixel difference from our images.", "",
+             "| Classifier | Attack | ours | torchattacks | CleverHans |", "|---|---|---|---|---|"]
+    for name, attacks in report["classifiers"].items():
+        for attack, impls in attacks.items():
+            def cell(impl: str) -> str:
+                if impl not in impls:
+                    return "-"
+                entry = impls[impl]
+                diff = "" if impl == "ours" else f" (diff {entry['max_abs_diff_vs_ours']:.1g})"
+                return f"{entry['success_percent']:.1f}%{diff}"
+            lines.append(f"| {name} | {attack} | {cell('ours')} | {cell('torchattacks')} | {cell('cleverhans')} |")
+    return "\n".join(lines)
+
+
 def _replace(path: Path, name: str, body: str) -> None:
     text = path.read_text()
     pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
@@ -198,6 +218,7 @@ def main() -> None:
     _replace(ROOT / "README.md", "speed", speed())
     _replace(ROOT / "README.md", "deploy", deployment())
     _replace(ROOT / "docs" / "evaluation.md", "results", headline())
+    _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
     print("rendered README.md and docs/evaluation.md")
 
 
