@@ -23,8 +23,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["bpda", "cw_l2", "fgsm", "ifgsm", "pgd", "rand_fgsm", "random_targets"]
+__all__ = ["BPDA", "bpda", "cw_l2", "fgsm", "ifgsm", "pgd", "rand_fgsm", "random_targets"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -228,17 +229,29 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def bpda(purify: Callable[[torch.Tensor], torch.Tensor], classify: Model) -> Model:
+class BPDA(nn.Module):
     """BPDA model: ``classify(purify(x))`` forward, identity through ``purify`` backward.
+
+    An ``nn.Module``, so attack libraries that expect one (torchattacks, ART) take it as the
+    model; ``purify`` and ``classify`` are registered as submodules when they are modules.
 
     Args:
         purify: ``images -> purified images`` (e.g. ``lambda x: vae.project(x).purified``).
         classify: ``purified images -> logits`` (preprocess and classifier).
     """
 
-    def model(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            purified = purify(images)
-        return classify(_StraightThrough.apply(images, purified.to(images.dtype)))
+    def __init__(self, purify: Callable[[torch.Tensor], torch.Tensor], classify: Model) -> None:
+        super().__init__()
+        self.purify = purify
+        self.classify = classify
 
-    return model
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the purified images; the gradient skips the purifier."""
+        with torch.no_grad():
+            purified = self.purify(images)
+        return self.classify(_StraightThrough.apply(images, purified.to(images.dtype)))
+
+
+def bpda(purify: Callable[[torch.Tensor], torch.Tensor], classify: Model) -> BPDA:
+    """The :class:`BPDA` model of ``purify`` then ``classify`` (Athalye et al., 2018)."""
+    return BPDA(purify, classify)

@@ -111,6 +111,19 @@ def headline() -> str:
             "",
             adaptive_table(adaptive),
         ]
+    for name in sorted(p.name for p in RESULTS.glob("autoattack_mnist_*.json")):
+        aa = _load(name)
+        if aa is None or aa.get("purifier_fingerprint") != fingerprint:
+            continue
+        low, high = aa["autoattack_wilson95"]
+        s_low, s_high = aa["square_alone_wilson95"]
+        lines += ["", f"AutoAttack (RobustBench's standard suite from torchattacks {aa['torchattacks']}: APGD-CE, APGD-T, "
+                  f"FAB-T with {aa['steps']} iterations and {aa['gradients']} gradients, then Square with "
+                  f"{aa['square_queries']:,} queries; sigma_eps 0), classifier {aa['classifier']}, first {aa['images']} test "
+                  f"images: **{aa['autoattack_percent']:.1f}%** robust accuracy (95% interval {low:.1f}-{high:.1f}). "
+                  f"Square alone (gradient-free), first {aa['square_alone_images']} images: "
+                  f"{aa['square_alone_percent']:.1f}% ({s_low:.1f}-{s_high:.1f}). `{aa['command']}` "
+                  f"({aa['wall_seconds'] / 60:.0f} min)."]
     return "\n".join(lines)
 
 
@@ -184,6 +197,14 @@ def deployment() -> str:
     return "\n".join(lines)
 
 
+def _crosscheck_cell(impls: dict, impl: str) -> str:
+    if impl not in impls:
+        return "-"
+    entry = impls[impl]
+    diff = "" if impl == "ours" else f" (diff {entry['max_abs_diff_vs_ours']:.1g})"
+    return f"{entry['success_percent']:.1f}%{diff}"
+
+
 def crosscheck() -> str:
     report = _load("crosscheck_attacks.json")
     if report is None:
@@ -194,13 +215,8 @@ def crosscheck() -> str:
              "| Classifier | Attack | ours | torchattacks | CleverHans |", "|---|---|---|---|---|"]
     for name, attacks in report["classifiers"].items():
         for attack, impls in attacks.items():
-            def cell(impl: str) -> str:
-                if impl not in impls:
-                    return "-"
-                entry = impls[impl]
-                diff = "" if impl == "ours" else f" (diff {entry['max_abs_diff_vs_ours']:.1g})"
-                return f"{entry['success_percent']:.1f}%{diff}"
-            lines.append(f"| {name} | {attack} | {cell('ours')} | {cell('torchattacks')} | {cell('cleverhans')} |")
+            cells = " | ".join(_crosscheck_cell(impls, impl) for impl in ("ours", "torchattacks", "cleverhans"))
+            lines.append(f"| {name} | {attack} | {cells} |")
     return "\n".join(lines)
 
 
