@@ -149,7 +149,7 @@ def limitations(metrics: dict[str, float], last: dict[str, float], spread: dict[
         lines.append(f"- The latent code collapsed: validation KL {last['val_kl']:.4f} nats per image; within-class "
                      f"pixel spread {spread['reconstruction']:.4f} for reconstructions against {spread['input']:.4f} "
                      "for inputs. Each class projection is one fixed template.")
-    lines.append("- Gray-box robustness (the paper's Table 2) is measured in docs/evaluation.md; where it is below "
+    lines.append("- Gray-box robustness (the paper's Tables 2 and 3) is measured in docs/evaluation.md; where it is below "
                  "the paper, it says so.")
     lines.append("- Do not assume white-box robustness: PGD on the purifier's own RMSE distances (eps 0.3) left 0% of "
                  "the 0.1.0 purifier's test images correct (docs/results/0.1.0/). docs/evaluation.md says which "
