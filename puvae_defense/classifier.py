@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .baselines.base import ImagePurifier
 from .kernels import Backend
 from .model import Projection, PuVAE
 
@@ -28,7 +29,8 @@ class PurifiedClassifier(nn.Module):
         classifier: the target model ``M_t``; takes ``(B, C, H, W)`` and returns logits.
         purifier: a :class:`~puvae_defense.model.PuVAE`, a folder written by
             ``save_pretrained``, a registered name such as ``"puvae-mnist"`` or a Hub
-            repo id.
+            repo id; or a baseline purifier (:class:`~puvae_defense.baselines.ImagePurifier`,
+            e.g. MagNet's reformer), which ``purify`` returns without labels or distances.
         sigma_eps: noise scale of the projection (paper: 0.1; 0 is deterministic).
         preprocess: applied to the purified images before the classifier, e.g. a
             torchvision ``Normalize`` (inputs stay in [0, 1]; normalization goes here).
@@ -47,7 +49,7 @@ class PurifiedClassifier(nn.Module):
     def __init__(
         self,
         classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor],
-        purifier: PuVAE | str | os.PathLike[str],
+        purifier: PuVAE | ImagePurifier | str | os.PathLike[str],
         *,
         sigma_eps: float = 0.1,
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -60,10 +62,10 @@ class PurifiedClassifier(nn.Module):
             raise TypeError(f"classifier must be a callable nn.Module, got {type(classifier).__name__}")
         if isinstance(purifier, (str, os.PathLike)):
             purifier = PuVAE.from_pretrained(purifier)
-        if not isinstance(purifier, PuVAE):
+        if not isinstance(purifier, (PuVAE, ImagePurifier)):
             raise TypeError(
-                "purifier must be a PuVAE, a weights folder, a registered name or a Hub repo id, "
-                f"got {type(purifier).__name__}"
+                "purifier must be a PuVAE, a baseline ImagePurifier, a weights folder, a registered name or a Hub "
+                f"repo id, got {type(purifier).__name__}"
             )
         if preprocess is not None and not callable(preprocess):
             raise TypeError(f"preprocess must be callable, got {type(preprocess).__name__}")
@@ -78,12 +80,17 @@ class PurifiedClassifier(nn.Module):
         self.check_num_classes = check_num_classes
 
     @property
-    def num_classes(self) -> int:
-        """Number of classes of the purifier."""
-        return self.purifier.num_classes
+    def num_classes(self) -> int | None:
+        """Number of classes of the purifier (``None`` for a purifier that does not classify)."""
+        return self.purifier.num_classes if isinstance(self.purifier, PuVAE) else None
 
     def purify(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> Projection:
-        """Project ``images`` (``(B, C, H, W)`` in [0, 1]) onto every class; see :meth:`PuVAE.project`."""
+        """Project ``images`` (``(B, C, H, W)`` in [0, 1]) onto every class; see :meth:`PuVAE.project`.
+
+        For a baseline purifier, ``labels`` and ``distances`` of the result are ``None``.
+        """
+        if isinstance(self.purifier, ImagePurifier):
+            return Projection(self.purifier.purify(images, generator), None, None)
         return self.purifier.project(
             images, self.sigma_eps, generator, max_batch=self.max_batch, backend=self.backend
         )
@@ -92,7 +99,7 @@ class PurifiedClassifier(nn.Module):
         """Apply ``preprocess`` and the classifier to already purified images."""
         inputs = self.preprocess(purified) if self.preprocess is not None else purified
         logits = self.classifier(inputs)
-        if self.check_num_classes and isinstance(logits, torch.Tensor) and logits.dim() == 2:
+        if self.check_num_classes and self.num_classes is not None and isinstance(logits, torch.Tensor) and logits.dim() == 2:
             if logits.shape[1] != self.num_classes:
                 raise ValueError(
                     f"the classifier returns {logits.shape[1]} logits but the purifier projects onto "

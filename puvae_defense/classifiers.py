@@ -151,6 +151,7 @@ def fit_classifier(
     device: torch.device | str | None = None,
     seed: int = 0,
     progress: bool = True,
+    objective: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> PaperClassifier:
     """Train one of the paper's classifiers with Adam and a cosine learning-rate schedule.
 
@@ -162,6 +163,8 @@ def fit_classifier(
         device: where to train (default CPU).
         seed: seeds initialisation and shuffling.
         progress: show a tqdm progress bar.
+        objective: ``(model, images, labels) -> loss`` to minimise instead of the
+            cross-entropy (e.g. :func:`puvae_defense.baselines.adversarial_training.fgsm_objective`).
 
     Returns:
         The trained classifier in eval mode.
@@ -186,7 +189,8 @@ def fit_classifier(
     for epoch in range(epochs):
         bar = tqdm(loader, desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for images, labels in bar:
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+            images, labels = images.to(device), labels.to(device)
+            loss = objective(model, images, labels) if objective is not None else F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

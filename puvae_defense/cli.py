@@ -1,4 +1,4 @@
-"""Command line: ``puvae-defense {data,train,train-classifier,evaluate,purify,export,push,list-models}``.
+"""Command line: ``puvae-defense {data,train,train-classifier,train-baseline,evaluate,purify,export,push,list-models}``.
 
 Argument parsing only; every command calls the library.
 """
@@ -95,6 +95,31 @@ def _cmd_train(args: argparse.Namespace) -> None:
                                                          training={k: json.dumps(v) if isinstance(v, dict) else v
                                                                    for k, v in training.items()}))
     print(f"saved {args.out}")
+
+
+def _cmd_train_baseline(args: argparse.Namespace) -> None:
+    import torch
+
+    from .baselines import fit_adversarial_classifier, fit_magnet
+    from .classifiers import accuracy
+    from .data import load_dataset
+
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    val = load_dataset(args.dataset, "val", root=args.data_root)
+    started = time.perf_counter()
+    if args.defense == "magnet":
+        model = fit_magnet(train, epochs=args.epochs or 100, noise=args.noise, seed=args.seed, device=args.device)
+        with torch.no_grad():
+            score = {"val_mse": float(torch.nn.functional.mse_loss(model.purify(val.images[:2000].to(model.encoder[0].weight.device)),
+                                                                   val.images[:2000].to(model.encoder[0].weight.device)))}
+    else:
+        model = fit_adversarial_classifier(train, args.arch, eps=args.eps, clean_weight=args.clean_weight,
+                                           epochs=args.epochs or 5, seed=args.seed, device=args.device)
+        score = {"val_accuracy": accuracy(model, val, device=args.device)}
+    training = {"defense": args.defense, "command": "puvae-defense " + " ".join(sys.argv[1:]),
+                "seconds": round(time.perf_counter() - started)}
+    model.save_pretrained(args.out, dtype=torch.float16, metadata={"metrics": score, "training": training})
+    print(f"{args.defense}: {json.dumps(score)}; saved {args.out}")
 
 
 def _cmd_purify(args: argparse.Namespace) -> None:
@@ -286,6 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--update-registry", metavar="NAME", default=None,
                       help="pin NAME in puvae_defense/registry.json to the new revision and sha256")
     push.set_defaults(func=_cmd_push)
+
+    baseline = sub.add_parser("train-baseline", help="train a baseline defence of the paper's Table 2")
+    baseline.add_argument("defense", choices=["magnet", "adv-training"],
+                          help="magnet: MagNet's reformer; adv-training: a classifier trained on its own FGSM images")
+    baseline.add_argument("--out", required=True)
+    baseline.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    baseline.add_argument("--arch", default="A", choices=["A", "B", "C", "D", "source", "cw"], help="adv-training only")
+    baseline.add_argument("--epochs", type=int, default=None, help="default: MagNet 100, adversarial training 5")
+    baseline.add_argument("--eps", type=float, default=0.3, help="adv-training: FGSM budget")
+    baseline.add_argument("--clean-weight", type=float, default=0.5, help="adv-training: weight of the clean loss")
+    baseline.add_argument("--noise", type=float, default=0.1, help="magnet: training noise (standard deviation)")
+    baseline.add_argument("--seed", type=int, default=0)
+    baseline.add_argument("--device", default=None)
+    baseline.add_argument("--data-root", default=None)
+    baseline.set_defaults(func=_cmd_train_baseline)
 
     purify = sub.add_parser("purify", help="purify a whole data set split and store it (safetensors)")
     purify.add_argument("--purifier", default="puvae-mnist", help="folder, registered name or Hub repo id")

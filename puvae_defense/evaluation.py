@@ -34,6 +34,7 @@ from torch import nn
 
 from .attacks import bpda, cw_l2, fgsm, ifgsm, pgd, rand_fgsm, random_targets
 from .classifier import PurifiedClassifier
+from .model import PuVAE
 from .data import ImageDataset
 from .serialization import weights_fingerprint
 
@@ -190,6 +191,11 @@ def _defended_logits(defended: PurifiedClassifier, images: torch.Tensor, generat
         return defended.classify_purified(defended.purify(images, generator=generator).purified)
 
 
+def _device_of(defended: PurifiedClassifier) -> torch.device:
+    """Where the purifier's weights are (the harness moves images there)."""
+    return next(defended.purifier.parameters()).device
+
+
 def defended_accuracy(
     defended: PurifiedClassifier,
     dataset: ImageDataset,
@@ -208,7 +214,7 @@ def defended_accuracy(
         seed: seeds the generator shared by the attack and the purifier's noise.
         batch_size: images per batch.
     """
-    device = defended.purifier.encoder_in.weight.device
+    device = _device_of(defended)
     generator = torch.Generator().manual_seed(seed)
     correct = 0
     for start in range(0, len(dataset), batch_size):
@@ -245,7 +251,7 @@ def evaluate(
 
     settings = settings or EvalSettings()
     params = settings.params
-    device = next(iter(defended.values())).purifier.encoder_in.weight.device
+    device = _device_of(next(iter(defended.values())))
     size = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
     adaptive_size = min(settings.adaptive_limit, size)
     started = time.perf_counter()
@@ -262,9 +268,10 @@ def evaluate(
         for start in range(0, size, settings.batch_size):
             x = dataset.images[start : start + min(settings.batch_size, size - start)].to(device)
             y = dataset.labels[start : start + x.shape[0]].to(device)
-            targets = random_targets(y, model.num_classes, _batch_generator(settings.seed, start, 0))
             with torch.no_grad():
-                counts["clean"] += _correct(classifier(x), y)
+                clean_logits = classifier(x)
+            counts["clean"] += _correct(clean_logits, y)
+            targets = random_targets(y, clean_logits.shape[1], _batch_generator(settings.seed, start, 0))
             counts["clean_through_puvae"] += _correct(_defended_logits(model, x, gen), y)
             for attack in settings.attacks:
                 stream = 1 + PAPER_ATTACKS.index(attack)
@@ -334,9 +341,11 @@ def distance_logits(model: PurifiedClassifier, scale: float) -> Callable[[torch.
     An attacker who knows PuVAE can attack this rule directly: whichever class it picks,
     the target classifier then sees that class's projection. Unlike the gradient through
     the chosen candidate, this gradient does not vanish when the projections barely depend
-    on the input.
+    on the input. Only a PuVAE has such a rule; a baseline purifier is an error.
     """
-    return lambda images: -scale * model.purify(images).distances
+    if not isinstance(model.purifier, PuVAE):
+        raise ValueError(f"'PGD on the distances' attacks PuVAE's class projection; {type(model.purifier).__name__} has none")
+    return lambda images: -scale * model.purify(images).distances  # type: ignore[operator]
 
 
 def _cell(ours: float, paper: float | None) -> str:

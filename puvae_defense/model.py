@@ -32,13 +32,15 @@ class Projection(NamedTuple):
 
     Attributes:
         purified: ``(B, C_img, H, W)`` the closest candidate of each image (eq. 16).
-        labels: ``(B,)`` int64 class whose projection is closest (eq. 15).
-        distances: ``(B, num_classes)`` float32 RMSE between each input and each projection.
+        labels: ``(B,)`` int64 class whose projection is closest (eq. 15); ``None`` from a
+            baseline purifier that does not classify.
+        distances: ``(B, num_classes)`` float32 RMSE between each input and each projection;
+            ``None`` from a baseline purifier.
     """
 
     purified: torch.Tensor
-    labels: torch.Tensor
-    distances: torch.Tensor
+    labels: torch.Tensor | None
+    distances: torch.Tensor | None
 
 
 class PuVAE(PretrainedMixin, nn.Module):

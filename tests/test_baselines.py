@@ -1,0 +1,127 @@
+"""The baseline defences: MagNet's reformer, adversarial training, and the shared purifier interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from puvae_defense import PurifiedClassifier, attacks
+from puvae_defense.baselines import ImagePurifier, MagNetConfig, MagNetReformer, fgsm_objective, fit_adversarial_classifier, fit_magnet
+from puvae_defense.evaluation import EvalSettings, defended_accuracy, evaluate
+
+from conftest import synthetic_dataset
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+
+
+def test_magnet_reformer_shapes_and_range() -> None:
+    torch.manual_seed(0)
+    reformer = MagNetReformer()
+    with torch.no_grad():
+        out = reformer.purify(torch.rand(5, 1, 28, 28))
+    assert out.shape == (5, 1, 28, 28) and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert sum(p.numel() for p in reformer.parameters()) < 1000  # MagNet's MNIST auto-encoder is tiny
+    assert MagNetReformer(MagNetConfig((3, 32, 32))).purify(torch.rand(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="even"):
+        MagNetConfig((1, 27, 28))
+
+
+def test_magnet_training_learns_to_reconstruct(mnist_root) -> None:
+    from puvae_defense.data import load_dataset
+
+    data = load_dataset("mnist", "val", root=mnist_root).subset(0, 256)
+    torch.manual_seed(0)
+    untrained = MagNetReformer().eval()
+    trained = fit_magnet(data, epochs=10, batch_size=32, lr=1e-2, progress=False)
+    images = data.images
+    with torch.no_grad():
+        assert F.mse_loss(trained.purify(images), images) < 0.8 * F.mse_loss(untrained.purify(images), images)
+    assert not trained.training
+
+
+def test_magnet_save_and_load(tmp_path) -> None:
+    torch.manual_seed(0)
+    reformer = MagNetReformer().eval()
+    reformer.save_pretrained(tmp_path / "magnet")
+    loaded = MagNetReformer.from_pretrained(tmp_path / "magnet")
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded.purify(x), reformer.purify(x))
+    from puvae_defense import PuVAE
+
+    with pytest.raises(ValueError, match="'magnet' model, not a 'puvae'"):
+        PuVAE.from_pretrained(tmp_path / "magnet")
+
+
+def test_purified_classifier_takes_a_baseline_purifier(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    reformer, net = MagNetReformer().eval(), _net()
+    model = PurifiedClassifier(net, reformer).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), net(reformer.purify(images)))
+    projection = model.purify(images)
+    assert projection.labels is None and projection.distances is None and model.num_classes is None
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        model(images * 3)
+    with pytest.raises(ValueError, match=r"expects \(B, 1, 28, 28\)"):
+        model(torch.rand(2, 3, 28, 28))
+
+
+def test_harness_runs_on_a_baseline_purifier(images: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    data = synthetic_dataset(12)
+    model = PurifiedClassifier(_net(), MagNetReformer().eval())
+    assert 0 <= defended_accuracy(model, data) <= 100
+    settings = EvalSettings(attacks=("FGSM",), adaptive=("PGD + BPDA",), adaptive_limit=4, batch_size=6)
+    report = evaluate({"A": _net()}, {"A": model}, data, settings, progress=False)
+    assert report["classifiers"]["A"]["n"] == 12 and "PGD + BPDA" in report["classifiers"]["A"]["adaptive"]
+    with pytest.raises(ValueError, match="has none"):
+        evaluate({"A": _net()}, {"A": model}, data, EvalSettings(attacks=(), adaptive=("PGD on the distances",),
+                                                                  adaptive_limit=2, batch_size=6), progress=False)
+
+
+def test_image_purifier_is_abstract() -> None:
+    with pytest.raises(TypeError):
+        ImagePurifier()  # type: ignore[abstract]
+
+
+def test_fgsm_objective_is_goodfellows_mix() -> None:
+    net = _net().train()
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    adversarial = attacks.fgsm(net, x, y, eps=0.3)
+    expected = 0.5 * F.cross_entropy(net(x), y) + 0.5 * F.cross_entropy(net(adversarial), y)
+    torch.testing.assert_close(fgsm_objective(0.3, 0.5)(net, x, y), expected)
+    torch.testing.assert_close(fgsm_objective(0.3, 1.0)(net, x, y), F.cross_entropy(net(x), y))
+    with pytest.raises(ValueError, match="clean_weight"):
+        fgsm_objective(0.3, 1.5)
+
+
+def test_adversarial_training_runs_and_differs_from_plain_training() -> None:
+    from puvae_defense.classifiers import fit_classifier
+
+    data = synthetic_dataset(64)
+    robust = fit_adversarial_classifier(data, "source", epochs=1, batch_size=32, progress=False)
+    plain = fit_classifier(data, "source", epochs=1, batch_size=32, progress=False)
+    assert not robust.training
+    assert not torch.equal(robust[0].weight, plain[0].weight)
+
+
+@pytest.mark.parametrize("defense", ["magnet", "adv-training"])
+def test_train_baseline_command(defense: str, tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    from puvae_defense import data
+    from puvae_defense.classifiers import PaperClassifier
+    from puvae_defense.cli import main
+
+    monkeypatch.setattr(data, "load_dataset", lambda name, split, root=None: synthetic_dataset(32))
+    out = tmp_path / defense
+    assert main(["train-baseline", defense, "--out", str(out), "--epochs", "1", "--arch", "source", "--device", "cpu"]) == 0
+    metadata = json.loads((out / "config.json").read_text())["metadata"]
+    assert metadata["training"]["defense"] == defense
+    loaded = MagNetReformer.from_pretrained(out) if defense == "magnet" else PaperClassifier.from_pretrained(out)
+    assert loaded(torch.rand(2, 1, 28, 28)).shape[0] == 2
+    assert defense in capsys.readouterr().out
