@@ -408,11 +408,13 @@ def _noise(
         return torch.zeros(shape, dtype=dtype, device=like.device)
     if generator is None:
         eps = torch.randn(shape, device=like.device, dtype=torch.float32)
+    elif torch.compiler.is_compiling():  # a compiled graph cannot take a torch.Generator: draw eagerly
+        eps = torch.compiler.disable(_randn_from)(generator, shape)
     else:
         eps = _randn_from(generator, shape)
     return (eps * sigma_eps).to(device=like.device, dtype=dtype)
 
 
-@torch.compiler.disable  # compiled graphs cannot take a torch.Generator: this draw runs eagerly
 def _randn_from(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
+    # not decorated with torch.compiler.disable: that would import dynamo (and Triton) with the package
     return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
