@@ -61,7 +61,9 @@ class PurifiedClassifier(nn.Module):
         if not callable(classifier):
             raise TypeError(f"classifier must be a callable nn.Module, got {type(classifier).__name__}")
         if isinstance(purifier, (str, os.PathLike)):
-            purifier = PuVAE.from_pretrained(purifier)
+            from .baselines import load_purifier
+
+            purifier = load_purifier(purifier)
         if not isinstance(purifier, (PuVAE, ImagePurifier)):
             raise TypeError(
                 "purifier must be a PuVAE, a baseline ImagePurifier, a weights folder, a registered name or a Hub "

@@ -168,11 +168,11 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
 
 
 def _evaluation_inputs(args: argparse.Namespace):
+    from .baselines import load_purifier
     from .classifier import PurifiedClassifier
     from .data import load_dataset
-    from .model import PuVAE
 
-    purifier = PuVAE.from_pretrained(args.purifier, device=args.device)
+    purifier = load_purifier(args.purifier, device=args.device)
     classifiers = dict(item.split("=", 1) for item in args.classifiers)
     nets = {name: _load_classifier(path, args.device) for name, path in classifiers.items()}
     defended = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps) for name, net in nets.items()}
@@ -206,6 +206,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     report["meta"]["command"] = shlex.join(["puvae-defense", *args.argv])
     report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
     report["meta"]["purifier_fingerprint"] = weights_fingerprint(purifier)
+    report["meta"]["purifier_type"] = getattr(purifier, "model_type", "none")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -213,8 +214,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     (out / f"{args.name}.md").write_text(table)
     print(table)
     if args.figure:
+        from .model import PuVAE
         from .visualize import projection_figure
 
+        if not isinstance(purifier, PuVAE):
+            raise SystemExit("--figure shows PuVAE's class projections; this purifier has none")
         projection_figure(purifier, nets[next(iter(nets))], test, Path(args.figure), seed=args.seed)
         print(f"wrote {args.figure}")
 
@@ -281,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="reproduce Table 2 (gray-box) and run adaptive attacks")
     ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
-    ev.add_argument("--purifier", default="puvae-mnist")
+    ev.add_argument("--purifier", default="puvae-mnist",
+                    help="PuVAE, or a baseline purifier (MagNet, Defense-GAN) folder or name; 'none' for no purifier "
+                         "(e.g. adversarially trained classifiers)")
     ev.add_argument("--classifiers", nargs="+", default=["A=mnist-classifier-a", "B=mnist-classifier-b"],
                     metavar="NAME=MODEL")
     ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],

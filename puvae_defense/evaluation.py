@@ -193,7 +193,8 @@ def _defended_logits(defended: PurifiedClassifier, images: torch.Tensor, generat
 
 def _device_of(defended: PurifiedClassifier) -> torch.device:
     """Where the purifier's weights are (the harness moves images there)."""
-    return next(defended.purifier.parameters()).device
+    tensors = [*defended.purifier.parameters(), *defended.purifier.buffers()]
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 def defended_accuracy(

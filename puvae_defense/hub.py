@@ -44,7 +44,7 @@ __all__ = [
 #: The Hugging Face organisation that hosts every registered model.
 ORGANIZATION = "puvae-defense"
 
-ModelType = Literal["puvae", "classifier", "magnet"]
+ModelType = Literal["puvae", "classifier", "magnet", "defense-gan"]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -65,7 +65,8 @@ class PretrainedEntry:
 
     Attributes:
         name: registry name, e.g. ``"puvae-mnist"``.
-        model_type: ``"puvae"``, ``"classifier"`` or ``"magnet"`` (MagNet's reformer).
+        model_type: ``"puvae"``, ``"classifier"``, ``"magnet"`` (MagNet's reformer) or
+            ``"defense-gan"`` (Defense-GAN's generator).
         repo_id: Hub repository, ``ORGANIZATION/name``.
         revision: pinned Hub commit sha; ``None`` until the model is published, in which
             case the sha256 alone pins the file (downloaded from ``main``).
@@ -91,7 +92,7 @@ class PretrainedEntry:
     description: str
 
     def __post_init__(self) -> None:
-        if self.model_type not in ("puvae", "classifier", "magnet"):
+        if self.model_type not in ("puvae", "classifier", "magnet", "defense-gan"):
             raise ValueError(f"registry entry {self.name!r}: unknown model_type {self.model_type!r}")
         if not _SHA256.fullmatch(self.sha256):
             raise ValueError(f"registry entry {self.name!r}: sha256 must be 64 lowercase hex digits")

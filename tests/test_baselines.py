@@ -125,3 +125,97 @@ def test_train_baseline_command(defense: str, tmp_path, monkeypatch, capsys) -> 
     loaded = MagNetReformer.from_pretrained(out) if defense == "magnet" else PaperClassifier.from_pretrained(out)
     assert loaded(torch.rand(2, 1, 28, 28)).shape[0] == 2
     assert defense in capsys.readouterr().out
+
+
+def _tiny_gan(**changes):
+    from puvae_defense.baselines import DefenseGAN, DefenseGANConfig
+
+    torch.manual_seed(0)
+    return DefenseGAN(DefenseGANConfig(latent_dim=8, width=4, **changes)).eval()
+
+
+def test_defense_gan_generator_and_critic_shapes() -> None:
+    from puvae_defense.baselines import Critic
+
+    gan = _tiny_gan()
+    with torch.no_grad():
+        images = gan.generate(torch.randn(5, 8))
+    assert images.shape == (5, 1, 28, 28) and 0 <= float(images.min()) and float(images.max()) <= 1
+    assert Critic(1, 4)(images).shape == (5,)
+
+
+def test_defense_gan_search_descends_and_keeps_the_best_restart() -> None:
+    gan = _tiny_gan()
+    x = torch.rand(3, 1, 28, 28)
+    _, start = gan.project(x, torch.Generator().manual_seed(0), steps=0, restarts=4)
+    _, searched = gan.project(x, torch.Generator().manual_seed(0), steps=20, restarts=4)
+    assert (searched < start).all()
+    _, one = gan.project(x, torch.Generator().manual_seed(0), steps=0, restarts=1)
+    assert (start <= one + 1e-7).all()  # the first restart is among the four: the best is no worse
+    assert all(p.grad is None for p in gan.parameters())
+
+
+def test_defense_gan_as_a_purifier(images: torch.Tensor, tmp_path) -> None:
+    gan = _tiny_gan(steps=3, restarts=2)
+    net = _net()
+    model = PurifiedClassifier(net, gan).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.purify(images, generator=torch.Generator().manual_seed(1)).purified,
+                                   gan.purify(images, torch.Generator().manual_seed(1)))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        gan.train().purify(images)
+    gan.eval().save_pretrained(tmp_path / "gan")
+    from puvae_defense.baselines import DefenseGAN
+
+    loaded = DefenseGAN.from_pretrained(tmp_path / "gan")
+    torch.testing.assert_close(loaded.purify(images, torch.Generator().manual_seed(2)),
+                               gan.purify(images, torch.Generator().manual_seed(2)))
+
+
+def test_defense_gan_training_runs() -> None:
+    from puvae_defense.baselines import DefenseGANConfig, fit_defense_gan
+
+    gan = fit_defense_gan(synthetic_dataset(32), config=DefenseGANConfig(latent_dim=8, width=4), generator_steps=3,
+                          critic_steps=2, batch_size=8, progress=False)
+    assert not gan.training
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        fit_defense_gan(synthetic_dataset(4), generator_steps=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="28, 28"):
+        DefenseGANConfig(image_shape=(3, 32, 32))
+
+
+def test_load_purifier_dispatches_on_the_folder(tmp_path, tiny_vae) -> None:
+    from puvae_defense import PuVAE
+    from puvae_defense.baselines import DefenseGAN, NoPurifier, load_purifier
+
+    torch.manual_seed(0)
+    MagNetReformer().save_pretrained(tmp_path / "magnet")
+    _tiny_gan().save_pretrained(tmp_path / "gan")
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    assert isinstance(load_purifier(tmp_path / "magnet"), MagNetReformer)
+    assert isinstance(load_purifier(tmp_path / "gan"), DefenseGAN)
+    assert isinstance(load_purifier(tmp_path / "vae"), PuVAE)
+    assert isinstance(load_purifier("none"), NoPurifier)
+    assert isinstance(PurifiedClassifier(_net(), str(tmp_path / "magnet")).purifier, MagNetReformer)
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    with pytest.raises(ValueError, match="not a purifier"):
+        load_purifier(tmp_path / "clf")
+
+
+def test_evaluate_command_with_a_baseline(tmp_path, mnist_root) -> None:
+    import json
+
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+    from puvae_defense.cli import main
+
+    torch.manual_seed(0)
+    MagNetReformer().save_pretrained(tmp_path / "magnet")
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    for purifier, kind in ((str(tmp_path / "magnet"), "magnet"), ("none", "none")):
+        assert main(["evaluate", "--purifier", purifier, "--classifiers", f"A={tmp_path / 'clf'}", "--attacks", "FGSM",
+                     "--limit", "8", "--adaptive", "bpda", "--adaptive-limit", "4", "--batch-size", "4", "--data-root",
+                     str(mnist_root), "--out", str(tmp_path / "out"), "--name", kind, "--quiet"]) == 0
+        report = json.loads((tmp_path / "out" / f"{kind}.json").read_text())
+        assert report["meta"]["purifier_type"] == kind and report["classifiers"]["A"]["n"] == 8

@@ -2,6 +2,7 @@
 
 - :mod:`.adversarial_training`: the classifier trained on FGSM images of itself (Goodfellow et al., 2015).
 - :mod:`.magnet`: MagNet's auto-encoder reformer (Meng and Chen, 2017).
+- :mod:`.defense_gan`: Defense-GAN's projection onto a WGAN generator (Samangouei et al., 2018).
 
 Purifiers subclass :class:`ImagePurifier` and go into :class:`~puvae_defense.PurifiedClassifier`
 exactly like a PuVAE; adversarial training changes the classifier and needs no purifier.
@@ -9,8 +10,54 @@ exactly like a PuVAE; adversarial training changes the classifier and needs no p
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import torch
+
 from .adversarial_training import fgsm_objective, fit_adversarial_classifier
 from .base import ImagePurifier
+from .defense_gan import Critic, DefenseGAN, DefenseGANConfig, fit_defense_gan
 from .magnet import MagNetConfig, MagNetReformer, fit_magnet
 
-__all__ = ["ImagePurifier", "MagNetConfig", "MagNetReformer", "fgsm_objective", "fit_adversarial_classifier", "fit_magnet"]
+__all__ = ["NoPurifier", "load_purifier", "Critic", "DefenseGAN", "DefenseGANConfig", "ImagePurifier", "MagNetConfig", "MagNetReformer", "fgsm_objective",
+           "fit_adversarial_classifier", "fit_defense_gan", "fit_magnet"]
+
+
+class NoPurifier(ImagePurifier):
+    """The identity: a classifier behind it is undefended, or defended by its own training
+    (adversarial training), and runs through the same harness as the purifiers."""
+
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28)) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)  # type: ignore[assignment]
+        self.register_buffer("_device_marker", torch.zeros(0), persistent=False)
+
+    def _purify(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return images
+
+
+def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device | str | None = None):
+    """Any purifier by folder, registered name or Hub repo id, of the class its ``config.json`` names.
+
+    ``"none"`` is :class:`NoPurifier`. PuVAE folders give a :class:`~puvae_defense.PuVAE`, MagNet
+    folders a :class:`MagNetReformer`, Defense-GAN folders a :class:`DefenseGAN`.
+    """
+    from ..hub import _registry
+    from ..model import PuVAE
+
+    if str(name_or_path) == "none":
+        return NoPurifier().to(device)
+    classes = {"puvae": PuVAE, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
+    path = Path(name_or_path)
+    folder = path.parent if path.is_file() else path
+    if (folder / "config.json").is_file():
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    elif str(name_or_path) in _registry():
+        model_type = _registry()[str(name_or_path)].model_type
+    else:
+        model_type = "puvae"  # a Hub repo id: the library's own models
+    if model_type not in classes:
+        raise ValueError(f"{name_or_path} holds a {model_type!r} model, not a purifier ({sorted(classes)})")
+    return classes[model_type].from_pretrained(name_or_path, device=device)

@@ -1,0 +1,241 @@
+"""Defense-GAN (Samangouei, Kabkab and Chellappa, "Defense-GAN: Protecting Classifiers Against
+Adversarial Attacks Using Generative Models", ICLR 2018) as a purifier.
+
+A WGAN generator ``G`` is trained on clean images (WGAN-GP objective). To purify ``x``, ``R``
+random codes ``z ~ N(0, I)`` are each moved by ``L`` steps of gradient descent on
+``mean((G(z) - x)^2)``; the ``G(z)`` closest to ``x`` replaces it. The PuVAE paper's setting is
+``L = 200`` and ``R = 20``. Here the ``R`` restarts of every image run as one batch of
+``B x R`` codes, and the step uses Defense-GAN's optimiser: momentum 0.7, learning rate 10
+decayed by 10x over ``0.8 L`` steps.
+
+Networks (Defense-GAN's MNIST model, ``net_dim = 64``, latent size 128):
+generator ``FC(4*4*256) - BN - ReLU - deconv5x5/2(128) - BN - ReLU - crop 7x7 - deconv5x5/2(64) -
+BN - ReLU - deconv5x5/2(C) - sigmoid``; critic ``conv5x5/2(64) - LReLU - conv5x5/2(128) - LReLU -
+conv5x5/2(256) - LReLU - FC(1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..serialization import PretrainedMixin
+from .base import ImagePurifier
+
+__all__ = ["DefenseGANConfig", "DefenseGAN", "Critic", "fit_defense_gan"]
+
+
+@dataclass(frozen=True)
+class DefenseGANConfig:
+    """Sizes of the generator and the projection's search.
+
+    Attributes:
+        image_shape: ``(channels, 28, 28)`` (the MNIST generator's output size).
+        latent_dim: size of ``z`` (Defense-GAN: 128).
+        width: ``net_dim`` of the networks (64).
+        steps: gradient steps per restart, ``L`` (PuVAE paper: 200).
+        restarts: random starts per image, ``R`` (PuVAE paper: 20).
+        lr: initial step size (Defense-GAN: 10), decayed by 10x over ``0.8 * steps``.
+        momentum: of the step (Defense-GAN: 0.7).
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    latent_dim: int = 128
+    width: int = 64
+    steps: int = 200
+    restarts: int = 20
+    lr: float = 10.0
+    momentum: float = 0.7
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if self.image_shape[1:] != (28, 28) or self.image_shape[0] < 1:
+            raise ValueError(f"Defense-GAN's MNIST generator makes (C, 28, 28) images, got {self.image_shape}")
+        for name in ("latent_dim", "width", "steps", "restarts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DefenseGANConfig.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"lr must be > 0 and momentum in [0, 1), got {self.lr} and {self.momentum}")
+
+
+class DefenseGAN(PretrainedMixin, ImagePurifier):
+    """The generator and its projection; ``purify(x)`` is the closest ``G(z)`` found.
+
+    Example:
+        >>> gan = DefenseGAN(DefenseGANConfig(steps=2, restarts=2))
+        >>> gan.purify(torch.rand(3, 1, 28, 28)).shape
+        torch.Size([3, 1, 28, 28])
+    """
+
+    model_type = "defense-gan"
+
+    def __init__(self, config: DefenseGANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DefenseGANConfig()
+        self.image_shape = config.image_shape
+        w = config.width
+        self.fc = nn.Linear(config.latent_dim, 4 * 4 * 4 * w)
+        self.bn0 = nn.BatchNorm1d(4 * 4 * 4 * w)
+        self.deconv1 = nn.ConvTranspose2d(4 * w, 2 * w, 5, stride=2, padding=2, output_padding=1)
+        self.bn1 = nn.BatchNorm2d(2 * w)
+        self.deconv2 = nn.ConvTranspose2d(2 * w, w, 5, stride=2, padding=2, output_padding=1)
+        self.bn2 = nn.BatchNorm2d(w)
+        self.deconv3 = nn.ConvTranspose2d(w, config.image_shape[0], 5, stride=2, padding=2, output_padding=1)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """``G(z)``: ``(N, latent_dim) -> (N, C, 28, 28)`` in (0, 1)."""
+        h = F.relu(self.bn0(self.fc(z))).view(-1, 4 * self.config.width, 4, 4)
+        h = F.relu(self.bn1(self.deconv1(h)))[:, :, :7, :7]
+        h = F.relu(self.bn2(self.deconv2(h)))
+        return torch.sigmoid(self.deconv3(h))
+
+    def project(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, *, steps: int | None = None,
+        restarts: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Search ``z`` for every image: ``(closest G(z) (B, C, 28, 28), its MSE (B,))``.
+
+        ``steps`` and ``restarts`` default to the config's (``L`` and ``R``); all ``B x R``
+        searches run as one batch. The generator's weights get no gradient.
+        """
+        cfg = self.config
+        steps = cfg.steps if steps is None else steps
+        restarts = cfg.restarts if restarts is None else restarts
+        if steps < 0 or restarts < 1:
+            raise ValueError(f"steps must be >= 0 and restarts >= 1, got {steps} and {restarts}")
+        batch = images.shape[0]
+        dtype = self.fc.weight.dtype
+        target = images.to(dtype).repeat_interleave(restarts, dim=0)
+        z = torch.randn(batch * restarts, cfg.latent_dim, generator=generator,
+                        device=generator.device if generator is not None else images.device)
+        z = z.to(images.device, dtype).requires_grad_(True)
+        velocity = torch.zeros_like(z)
+        with torch.enable_grad():
+            for step in range(steps):
+                lr = cfg.lr * 0.1 ** (step / max(0.8 * steps, 1))
+                loss = (self.generate(z) - target).square().mean(dim=(1, 2, 3))
+                (grad,) = torch.autograd.grad(loss.sum(), z)
+                velocity = cfg.momentum * velocity + grad
+                z = (z - lr * velocity).detach().requires_grad_(True)
+        with torch.no_grad():
+            candidates = self.generate(z.detach())
+            errors = (candidates - target).square().mean(dim=(1, 2, 3)).view(batch, restarts)
+            best = errors.argmin(dim=1)
+            rows = torch.arange(batch, device=images.device) * restarts + best
+            return candidates[rows], errors[torch.arange(batch), best]
+
+    def _purify(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("Defense-GAN purifies in eval mode (batch-norm statistics): call .eval() first")
+        return self.project(images, generator)[0]
+
+    def _config_dict(self) -> dict[str, Any]:
+        return {**asdict(self.config), "image_shape": list(self.config.image_shape)}
+
+    @classmethod
+    def _from_config_dict(cls, raw: dict[str, Any]) -> DefenseGAN:
+        return cls(DefenseGANConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
+
+
+class Critic(nn.Module):
+    """Defense-GAN's MNIST critic (WGAN discriminator): images -> one score each."""
+
+    def __init__(self, channels: int = 1, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 5, stride=2, padding=2), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 5, stride=2, padding=2), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 5, stride=2, padding=2), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(4 * width * 4 * 4, 1),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).squeeze(1)
+
+
+def _gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def fit_defense_gan(
+    dataset: Dataset[Any],
+    *,
+    config: DefenseGANConfig | None = None,
+    generator_steps: int = 20000,
+    critic_steps: int = 5,
+    batch_size: int = 50,
+    lr: float = 1e-4,
+    penalty: float = 10.0,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> DefenseGAN:
+    """Train the generator with the WGAN-GP objective (Gulrajani et al., 2017; labels are ignored).
+
+    Args:
+        dataset: map-style data set of ``(image (C, 28, 28) in [0, 1], label)``.
+        config: generator and projection settings (default Defense-GAN's MNIST model).
+        generator_steps: generator updates (Defense-GAN trains 200,000; far fewer fit a CPU).
+        critic_steps: critic updates per generator update (5).
+        batch_size: images per critic update (Defense-GAN: 50).
+        lr: Adam learning rate, betas (0.5, 0.9), for both networks.
+        penalty: gradient-penalty weight (10).
+        seed: seeds initialisation, data order and noise.
+        device: where to train (default CPU).
+        progress: show a tqdm bar.
+
+    Returns:
+        The trained :class:`DefenseGAN` in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    if generator_steps < 1 or critic_steps < 1 or batch_size < 2:
+        raise ValueError("generator_steps and critic_steps must be >= 1 and batch_size >= 2")
+    image, _ = dataset[0]
+    if not isinstance(image, torch.Tensor) or image.dim() != 3:
+        raise ValueError(f"dataset items must be (image tensor (C, H, W), label), got {type(image).__name__}")
+    config = config or DefenseGANConfig(image_shape=tuple(image.shape))  # type: ignore[arg-type]
+    device = torch.device(device or "cpu")
+    torch.manual_seed(seed)
+    gan = DefenseGAN(config).to(device).train()
+    critic = Critic(config.image_shape[0], config.width).to(device)
+    opt_g = torch.optim.Adam(gan.parameters(), lr=lr, betas=(0.5, 0.9))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    if len(loader) == 0:
+        raise ValueError(f"dataset has fewer than batch_size={batch_size} images")
+
+    def batches():
+        while True:
+            yield from loader
+
+    real_batches = batches()
+    bar = tqdm(range(generator_steps), desc="Defense-GAN (WGAN-GP)", disable=not progress)
+    for _ in bar:
+        for _ in range(critic_steps):
+            real = next(real_batches)[0].to(device)
+            with torch.no_grad():
+                fake = gan.generate(torch.randn(real.shape[0], config.latent_dim, device=device))
+            loss_c = critic(fake).mean() - critic(real).mean() + penalty * _gradient_penalty(critic, real, fake)
+            opt_c.zero_grad(set_to_none=True)
+            loss_c.backward()
+            opt_c.step()
+        loss_g = -critic(gan.generate(torch.randn(batch_size, config.latent_dim, device=device))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        bar.set_postfix(critic=f"{loss_c.item():.3f}", generator=f"{loss_g.item():.3f}")
+    if not math.isfinite(loss_g.item()):
+        raise FloatingPointError("Defense-GAN training diverged")
+    return gan.eval()
