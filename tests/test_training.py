@@ -115,8 +115,8 @@ def test_bf16_autocast_on_cpu() -> None:
     assert torch.isfinite(torch.tensor(model.training_history[0].train["total"]))
 
 
-def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch) -> None:
-    data, val = synthetic_dataset(96), synthetic_dataset(32, seed=1)
+def _interrupted_in_second_epoch(monkeypatch, data, **options) -> None:
+    """Run ``_fit`` and stop it (KeyboardInterrupt) when the second epoch starts."""
     original = training._epoch_indices
 
     def interrupt(size, seed, epoch, rank, world):
@@ -126,8 +126,13 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(training, "_epoch_indices", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        _fit(data, tiny_source(), val_dataset=val, checkpoint_dir=tmp_path / "a", lambda_proj=1.0)
+        _fit(data, tiny_source(), **options)
     monkeypatch.undo()
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch) -> None:
+    data, val = synthetic_dataset(96), synthetic_dataset(32, seed=1)
+    _interrupted_in_second_epoch(monkeypatch, data, val_dataset=val, checkpoint_dir=tmp_path / "a", lambda_proj=1.0)
     saved = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert saved == ["checkpoint-0001.safetensors"]  # written atomically: no .tmp left behind
     assert "rng.cpu" in load_file(tmp_path / "a" / saved[0])
@@ -334,17 +339,7 @@ def test_interrupted_fine_tuning_resumes_where_a_straight_run_ends(tmp_path, mon
     pretrained, _ = _pretrained(tmp_path)
     data = synthetic_dataset(96, seed=5)
     options = {"config": None, "init": pretrained, "epochs": 2, "freeze_trunk": True}
-    original = training._epoch_indices
-
-    def interrupt(size, seed, epoch, rank, world):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(size, seed, epoch, rank, world)
-
-    monkeypatch.setattr(training, "_epoch_indices", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        _fit(data, tiny_source(), checkpoint_dir=tmp_path / "a", **options)
-    monkeypatch.undo()
+    _interrupted_in_second_epoch(monkeypatch, data, checkpoint_dir=tmp_path / "a", **options)
     resumed = _fit(data, tiny_source(), checkpoint_dir=tmp_path / "a", **options)
     straight = _fit(data, tiny_source(), checkpoint_dir=tmp_path / "b", **options)
     for (key, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items()):
