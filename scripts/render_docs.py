@@ -220,6 +220,36 @@ def crosscheck() -> str:
     return "\n".join(lines)
 
 
+def finetune() -> str:
+    report = _load("finetune_digits.json")
+    if report is None:
+        return "_Run `python examples/finetune_digits.py --json docs/results/finetune_digits.json`._"
+    settings = report["settings"]
+    lines = [f"`python examples/finetune_digits.py --epochs {settings['epochs']} --json docs/results/finetune_digits.json` "
+             f"({settings['threads']} threads; {settings['test images']} test digits; targeted FGSM eps {settings['eps']} made "
+             f"on the target classifier; sigma_eps {settings['sigma_eps']}). Undefended target classifier: "
+             f"{report['undefended target, clean']:.2f}% clean.", "",
+             "| purifier | training time | clean through the purifier | targeted FGSM through the purifier |",
+             "|---|---|---|---|"]
+    for name in ("puvae-mnist as is", "fine-tuned from puvae-mnist", "from scratch"):
+        row = report[name]
+        time_cell = f"{row['seconds']:.0f} s" if "seconds" in row else "none"
+        lines.append(f"| {name} | {time_cell} | {row['clean']:.2f}% | {row['fgsm']:.2f}% |")
+    return "\n".join(lines)
+
+
+def torchvision_example() -> str:
+    report = _load("torchvision_resnet.json")
+    if report is None:
+        return "_Run `python examples/torchvision_resnet.py --json docs/results/torchvision_resnet.json`._"
+    return (f"Measured by `python examples/torchvision_resnet.py --json docs/results/torchvision_resnet.json` (ResNet-18 "
+            f"from random weights, {report['epochs']} epoch on {report['train images']:,} training images; first "
+            f"{report['test images']} test images, targeted FGSM eps {report['eps']} made on the ResNet): clean "
+            f"{report['undefended, clean']:.2f}% undefended and {report['behind puvae-mnist, clean']:.2f}% behind "
+            f"puvae-mnist; under FGSM {report['undefended, targeted FGSM']:.2f}% undefended and "
+            f"{report['behind puvae-mnist, targeted FGSM']:.2f}% behind puvae-mnist.")
+
+
 def _replace(path: Path, name: str, body: str) -> None:
     text = path.read_text()
     pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
@@ -233,9 +263,11 @@ def main() -> None:
     _replace(ROOT / "README.md", "results", headline())
     _replace(ROOT / "README.md", "speed", speed())
     _replace(ROOT / "README.md", "deploy", deployment())
+    _replace(ROOT / "README.md", "torchvision", torchvision_example())
+    _replace(ROOT / "docs" / "training.md", "finetune", finetune())
     _replace(ROOT / "docs" / "evaluation.md", "results", headline())
     _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
-    print("rendered README.md and docs/evaluation.md")
+    print("rendered README.md, docs/evaluation.md and docs/training.md")
 
 
 if __name__ == "__main__":
