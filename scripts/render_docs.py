@@ -54,7 +54,7 @@ def adaptive_table(reports: list[dict]) -> str:
             cells.setdefault(name, {}).update({a: (v, n) for a, v in result["adaptive"].items()})
     attacks = [a for a in ADAPTIVE_ATTACKS if any(a in row for row in cells.values())]
     lines = ["| Classifier | n | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
-    for name, row in cells.items():
+    for name, row in sorted(cells.items()):
         sizes = [n for _, n in row.values()]
         usual = max(set(sizes), key=sizes.count)
         values = " | ".join(
