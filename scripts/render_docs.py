@@ -215,6 +215,9 @@ def crosscheck() -> str:
              "| Classifier | Attack | ours | torchattacks | CleverHans |", "|---|---|---|---|---|"]
     for name, attacks in report["classifiers"].items():
         for attack, impls in attacks.items():
+            # crosscheck_attacks.json of 2026-11-29 called CleverHans' default CW settings "the paper's harness"
+            attack = {"CW-L2, 5 x 100 steps (the paper's harness)":
+                      "CW-L2, 5 x 100 steps, CleverHans' defaults (c 0.01, lr 0.005)"}.get(attack, attack)
             cells = " | ".join(_crosscheck_cell(impls, impl) for impl in ("ours", "torchattacks", "cleverhans"))
             lines.append(f"| {name} | {attack} | {cells} |")
     return "\n".join(lines)
