@@ -245,7 +245,8 @@ def torchvision_example() -> str:
     report = _load("torchvision_resnet.json")
     if report is None:
         return "_Run `python examples/torchvision_resnet.py --json docs/results/torchvision_resnet.json`._"
-    return (f"Measured by `python examples/torchvision_resnet.py --json docs/results/torchvision_resnet.json` (ResNet-18 "
+    return (f"Measured by `python examples/torchvision_resnet.py --train-images {report['train images']} --test-images "
+            f"{report['test images']} --json docs/results/torchvision_resnet.json` (ResNet-18 "
             f"from random weights, {report['epochs']} epoch on {report['train images']:,} training images; first "
             f"{report['test images']} test images, targeted FGSM eps {report['eps']} made on the ResNet): clean "
             f"{report['undefended, clean']:.2f}% undefended and {report['behind puvae-mnist, clean']:.2f}% behind "
