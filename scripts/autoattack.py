@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000, help="Square's query budget")
     parser.add_argument("--square-images", type=int, default=None,
                         help="images for Square on its own (default --images; each can cost all the queries)")
+    parser.add_argument("--square-only", action="store_true",
+                        help="run only Square on its own (gradient-free), not the AutoAttack suite")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -81,7 +83,7 @@ def main() -> None:
     adversarial = images.clone()
     gradient_attacks, (_, queries) = suite(gradient_model, args.eps, args.steps, args.queries, args.seed)
     square = torchattacks.Square(defended, norm="Linf", eps=args.eps, n_queries=queries, n_restarts=1, seed=args.seed)
-    for name, attack in [*gradient_attacks, ("Square", square)]:
+    for name, attack in [] if args.square_only else [*gradient_attacks, ("Square", square)]:
         todo = robust.nonzero().flatten()
         if len(todo):
             adversarial[todo] = attack(images[todo], labels[todo])
@@ -96,7 +98,8 @@ def main() -> None:
         "classifier": args.classifier, "images": n, "eps": args.eps, "gradients": args.gradients,
         "sigma_eps": 0.0, "steps": args.steps, "square_queries": queries, "torchattacks": torchattacks.__version__,
         "robust_accuracy_percent": {k: 100 * v / n for k, v in results.items()},
-        "autoattack_percent": 100 * int(robust.sum()) / n, "autoattack_wilson95": wilson(int(robust.sum()), n),
+        "autoattack_percent": None if args.square_only else 100 * int(robust.sum()) / n,
+        "autoattack_wilson95": None if args.square_only else wilson(int(robust.sum()), n),
         "square_alone_images": m, "square_alone_percent": 100 * int(square_alone.sum()) / m,
         "square_alone_wilson95": wilson(int(square_alone.sum()), m),
         "max_linf": float((adversarial - images).abs().max()),

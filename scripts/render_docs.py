@@ -115,8 +115,15 @@ def headline() -> str:
         aa = _load(name)
         if aa is None or aa.get("purifier_fingerprint") != fingerprint:
             continue
-        low, high = aa["autoattack_wilson95"]
         s_low, s_high = aa["square_alone_wilson95"]
+        square = (f"Square alone (gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "
+                  f"sigma_eps 0), classifier {aa['classifier']}, first {aa['square_alone_images']} test images: "
+                  f"**{aa['square_alone_percent']:.1f}%** robust accuracy (95% interval {s_low:.1f}-{s_high:.1f}). "
+                  f"`{aa['command']}` ({aa['wall_seconds'] / 60:.0f} min).")
+        if aa["autoattack_percent"] is None:
+            lines += ["", square + " The full AutoAttack suite has not been run on this purifier yet."]
+            continue
+        low, high = aa["autoattack_wilson95"]
         lines += ["", f"AutoAttack (RobustBench's standard suite from torchattacks {aa['torchattacks']}: APGD-CE, APGD-T, "
                   f"FAB-T with {aa['steps']} iterations and {aa['gradients']} gradients, then Square with "
                   f"{aa['square_queries']:,} queries; sigma_eps 0), classifier {aa['classifier']}, first {aa['images']} test "
