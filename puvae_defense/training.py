@@ -202,11 +202,16 @@ def _check_dataset(dataset: Dataset[Any], name: str, image_shape: tuple[int, ...
     return image_shape, labels.long()  # type: ignore[return-value]
 
 
-def _check_source(source: nn.Module, image_shape: tuple[int, int, int], num_classes: int, device: torch.device) -> None:
+def _check_source(
+    source: nn.Module, image_shape: tuple[int, int, int], num_classes: int, device: torch.device, init_name: str | None = None
+) -> None:
     if not callable(source):
         raise TypeError(f"source_clf must be a callable nn.Module, got {type(source).__name__}")
     with torch.no_grad():
         logits = source(torch.rand(2, *image_shape, device=device))
+    if init_name is not None and isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != num_classes:
+        raise ValueError(f"the source classifier returns {logits.shape[1]} logits but the initial PuVAE {init_name!r} "
+                         f"has {num_classes} classes")
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
@@ -480,8 +485,10 @@ def fit(
             raise ValueError(f"config= differs from the layer sizes of the initial PuVAE {origin['name']!r}; "
                              "leave config out when fine-tuning")
         config = initial.config
-        _check_matches_init(dataset, source_clf, config, origin["name"], device)
-    image_shape, labels = _check_dataset(dataset, "dataset", config.image_shape if config else None)
+    # With an initial model its own check names the mismatch, so the generic shape check is skipped.
+    image_shape, labels = _check_dataset(dataset, "dataset", config.image_shape if config and initial is None else None)
+    if initial is not None:
+        _check_matches_init(dataset, image_shape, labels, config, origin["name"])
     num_classes = config.num_classes if config else _infer_classes(dataset, source_clf, image_shape, device)
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
         raise ValueError(
@@ -491,7 +498,7 @@ def fit(
         _check_dataset(val_dataset, "val_dataset", image_shape)
     config = config or PuVAEConfig(image_shape=image_shape, num_classes=num_classes)
     source = copy.deepcopy(source_clf).to(device).eval().requires_grad_(False)
-    _check_source(source, image_shape, num_classes, device)
+    _check_source(source, image_shape, num_classes, device, init_name=origin["name"] if origin else None)
 
     torch.manual_seed(recipe.seed)
     vae = (initial if initial is not None else PuVAE(config)).to(device).train()
@@ -590,9 +597,10 @@ def _initial_model(init: PuVAE | str | os.PathLike[str]) -> tuple[PuVAE, dict[st
     return PuVAE.from_pretrained(folder), {"name": str(init), "sha256": sha256_of(folder / WEIGHTS_NAME)}
 
 
-def _check_matches_init(dataset: Dataset[Any], source: nn.Module, config: PuVAEConfig, name: str, device: torch.device) -> None:
-    """The data set and the source classifier must fit the initial PuVAE; say what differs."""
-    image_shape, labels = _check_dataset(dataset, "dataset", None)
+def _check_matches_init(
+    dataset: Dataset[Any], image_shape: tuple[int, int, int], labels: torch.Tensor, config: PuVAEConfig, name: str
+) -> None:
+    """The data set (its checked image shape and labels) must fit the initial PuVAE; say what differs."""
     if image_shape != config.image_shape:
         raise ValueError(f"dataset images are {image_shape} but the initial PuVAE {name!r} takes {config.image_shape}; "
                          "resize the images (or train from scratch without init)")
@@ -602,11 +610,6 @@ def _check_matches_init(dataset: Dataset[Any], source: nn.Module, config: PuVAEC
     if int(labels.max()) >= config.num_classes or int(labels.min()) < 0:
         raise ValueError(f"dataset labels range from {int(labels.min())} to {int(labels.max())} but the initial PuVAE "
                          f"{name!r} has {config.num_classes} classes")
-    with torch.no_grad():
-        logits = copy.deepcopy(source).to(device).eval()(torch.rand(2, *image_shape, device=device))
-    if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != config.num_classes:
-        raise ValueError(f"the source classifier returns {logits.shape[1]} logits but the initial PuVAE {name!r} "
-                         f"has {config.num_classes} classes")
 
 
 def _infer_classes(dataset: Dataset[Any], source: nn.Module, image_shape: tuple[int, int, int], device: torch.device) -> int:
