@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .serialization import PretrainedMixin
 
-__all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier"]
+__all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier", "train_adam_cosine"]
 
 Arch = Literal["A", "B", "C", "D", "source", "cw"]
 ARCHITECTURES: tuple[str, ...] = ("A", "B", "C", "D", "source", "cw")
@@ -169,8 +169,6 @@ def fit_classifier(
     Returns:
         The trained classifier in eval mode.
     """
-    from tqdm.auto import tqdm
-
     image, _ = dataset[0]
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ValueError(f"dataset items must be (image tensor (C, H, W), label), got {type(image).__name__}")
@@ -180,20 +178,47 @@ def fit_classifier(
     device = torch.device(device or "cpu")
     torch.manual_seed(seed)
     model = PaperClassifier(ClassifierConfig(arch, tuple(image.shape), num_classes)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss = objective or (lambda net, images, labels: F.cross_entropy(net(images), labels))
+    train_adam_cosine(model, dataset, loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      device=device, progress=progress, desc=arch)
+    return model
+
+
+def train_adam_cosine(
+    model: nn.Module,
+    dataset: Dataset[Any],
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    desc: str,
+    weight_decay: float = 0.0,
+) -> nn.Module:
+    """The training loop shared by the classifiers and the baselines' networks.
+
+    Adam with a cosine learning-rate schedule to 0 over all steps; batches shuffled by a
+    generator seeded with ``seed``; ``loss(model, images, labels)`` minimised. Returns
+    ``model`` in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False)
     total_steps = epochs * len(loader)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
     model.train()
     for epoch in range(epochs):
-        bar = tqdm(loader, desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for images, labels in bar:
-            images, labels = images.to(device), labels.to(device)
-            loss = objective(model, images, labels) if objective is not None else F.cross_entropy(model(images), labels)
+            value = loss(model, images.to(device), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
             schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{value.item():.4f}")
     return model.eval()

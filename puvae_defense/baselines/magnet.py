@@ -12,15 +12,15 @@ PuVAE paper compares reformers (purifiers) only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ..classifiers import train_adam_cosine
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
 
@@ -122,8 +122,6 @@ def fit_magnet(
     Returns:
         The trained reformer in eval mode.
     """
-    from tqdm.auto import tqdm
-
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -134,20 +132,12 @@ def fit_magnet(
         raise ValueError(f"dataset items must be (image tensor (C, H, W), label), got {type(image).__name__}")
     device = torch.device(device or "cpu")
     torch.manual_seed(seed)
-    model = MagNetReformer(config or MagNetConfig(tuple(image.shape))).to(device).train()  # type: ignore[arg-type]
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    steps = epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    for epoch in range(epochs):
-        bar = tqdm(loader, desc=f"MagNet epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for images, _ in bar:
-            clean = images.to(device)
-            noisy = (clean + noise * torch.randn_like(clean)).clamp(0, 1)
-            loss = F.mse_loss(model.reconstruct(noisy), clean)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(mse=f"{loss.item():.5f}")
-    return model.eval()
+    model = MagNetReformer(config or MagNetConfig(tuple(image.shape))).to(device)  # type: ignore[arg-type]
+
+    def denoising_loss(net: nn.Module, clean: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        noisy = (clean + noise * torch.randn_like(clean)).clamp(0, 1)
+        return F.mse_loss(net.reconstruct(noisy), clean)  # type: ignore[operator]
+
+    train_adam_cosine(model, dataset, denoising_loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      device=device, progress=progress, desc="MagNet", weight_decay=weight_decay)
+    return model
