@@ -40,6 +40,11 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that ran (``main``'s own arguments, also when called from Python)."""
+    return shlex.join(["puvae-defense", *args.argv])
+
+
 def _load_classifier(name_or_path: str, device: str):
     from .classifiers import PaperClassifier
 
@@ -77,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     recipe = args.recipe or (FINETUNE_RECIPE if args.init else DEFAULT_RECIPE)
     training: dict[str, Any] = {"recipe": recipe, "overrides": options, "source": args.source,
                                 "epochs": len(model.training_history), "seconds (this run)": round(time.perf_counter() - started),
-                                "command": "puvae-defense " + " ".join(sys.argv[1:])}
+                                "command": _command(args)}
     if model.training_init is not None:
         training["fine-tuned from"] = model.training_init
     last = model.training_history[-1].to_dict() if model.training_history else {}
@@ -109,14 +114,14 @@ def _cmd_train_baseline(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if args.defense == "magnet":
         model = fit_magnet(train, epochs=args.epochs or 100, noise=args.noise, seed=args.seed, device=args.device)
+        images = val.images[:2000].to(model.encoder[0].weight.device)
         with torch.no_grad():
-            score = {"val_mse": float(torch.nn.functional.mse_loss(model.purify(val.images[:2000].to(model.encoder[0].weight.device)),
-                                                                   val.images[:2000].to(model.encoder[0].weight.device)))}
+            score = {"val_mse": float(torch.nn.functional.mse_loss(model.purify(images), images))}
     else:
         model = fit_adversarial_classifier(train, args.arch, eps=args.eps, clean_weight=args.clean_weight,
                                            epochs=args.epochs or 5, seed=args.seed, device=args.device)
         score = {"val_accuracy": accuracy(model, val, device=args.device)}
-    training = {"defense": args.defense, "command": "puvae-defense " + " ".join(sys.argv[1:]),
+    training = {"defense": args.defense, "command": _command(args),
                 "seconds": round(time.perf_counter() - started)}
     model.save_pretrained(args.out, dtype=torch.float16, metadata={"metrics": score, "training": training})
     print(f"{args.defense}: {json.dumps(score)}; saved {args.out}")
@@ -203,7 +208,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     cache = AttackCache(args.cache) if args.cache else None
     report = evaluate(nets, defended, test, settings, cache=cache, progress=not args.quiet)
-    report["meta"]["command"] = shlex.join(["puvae-defense", *args.argv])
+    report["meta"]["command"] = _command(args)
     report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
     report["meta"]["purifier_fingerprint"] = weights_fingerprint(purifier)
     report["meta"]["purifier_type"] = getattr(purifier, "model_type", "none")

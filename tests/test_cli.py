@@ -62,6 +62,7 @@ def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
     assert main(tune) == 0
     metadata = json.loads((tmp_path / "tuned" / "config.json").read_text())["metadata"]
     assert metadata["training"]["recipe"] == "finetune" and metadata["training"]["overrides"]["freeze_trunk"] is True
+    assert metadata["training"]["command"].startswith("puvae-defense train --source ")  # main's arguments, not pytest's
     assert metadata["training"]["fine-tuned from"] == {"name": str(tmp_path / "vae"),
                                                        "sha256": sha256_of(tmp_path / "vae" / "model.safetensors")}
     card = (tmp_path / "tuned" / "README.md").read_text()
