@@ -44,7 +44,7 @@ def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device 
     ``"none"`` is :class:`NoPurifier`. PuVAE folders give a :class:`~puvae_defense.PuVAE`, MagNet
     folders a :class:`MagNetReformer`, Defense-GAN folders a :class:`DefenseGAN`.
     """
-    from ..hub import _registry
+    from ..hub import get_entry, list_models
     from ..model import PuVAE
 
     if str(name_or_path) == "none":
@@ -54,8 +54,8 @@ def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device 
     folder = path.parent if path.is_file() else path
     if (folder / "config.json").is_file():
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    elif str(name_or_path) in _registry():
-        model_type = _registry()[str(name_or_path)].model_type
+    elif str(name_or_path) in list_models():
+        model_type = get_entry(str(name_or_path)).model_type
     else:
         model_type = "puvae"  # a Hub repo id: the library's own models
     if model_type not in classes:
