@@ -172,16 +172,48 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
     print(f"classifier {args.arch}: validation accuracy {val:.2f}%; saved {args.out}")
 
 
+#: Built-in defense labels of ``evaluate --defenses``: label -> default purifier (``{dataset}``
+#: filled in); adversarial training has no purifier and brings its own classifiers.
+BUILTIN_DEFENSES = {"puvae": "puvae-{dataset}", "magnet": "magnet-{dataset}", "defense-gan": "defense-gan-{dataset}",
+                    "adv-training": "none"}
+
+
+def _defense_specs(args: argparse.Namespace) -> dict[str, str]:
+    """``--defenses`` as label -> purifier source (folder, registered name, Hub repo id or ``none``)."""
+    specs: dict[str, str] = {}
+    for item in args.defenses:
+        label, sep, source = item.partition("=")
+        if not sep:
+            if label not in BUILTIN_DEFENSES:
+                raise SystemExit(f"unknown defense {label!r}: use one of {sorted(BUILTIN_DEFENSES)} or LABEL=PURIFIER")
+            source = BUILTIN_DEFENSES[label].format(dataset=args.dataset)
+        if not label or not source or label in specs:
+            raise SystemExit(f"bad or repeated defense {item!r}: expected LABEL or LABEL=PURIFIER, each label once")
+        specs[label] = source
+    return specs
+
+
 def _evaluation_inputs(args: argparse.Namespace):
     from .baselines import load_purifier
     from .classifier import PurifiedClassifier
     from .data import load_dataset
 
-    purifier = load_purifier(args.purifier, device=args.device)
     classifiers = dict(item.split("=", 1) for item in args.classifiers)
+    own = dict(item.split("=", 1) for item in args.adv_classifiers) if args.adv_classifiers else {
+        name: f"{args.dataset}-adv-classifier-{name.lower()}" for name in classifiers}
     nets = {name: _load_classifier(path, args.device) for name, path in classifiers.items()}
-    defended = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps) for name, net in nets.items()}
-    return purifier, nets, defended, load_dataset(args.dataset, "test", root=args.data_root)
+    purifiers, defenses, sources = {}, {}, {}
+    for label, source in _defense_specs(args).items():
+        purifiers[label] = purifier = load_purifier(source, device=args.device)
+        adversarial = label == "adv-training"
+        if adversarial and set(own) != set(classifiers):
+            raise SystemExit(f"--adv-classifiers names {sorted(own)}, expected {sorted(classifiers)}")
+        defended_nets = {name: _load_classifier(own[name], args.device) for name in classifiers} if adversarial else nets
+        defenses[label] = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps)
+                           for name, net in defended_nets.items()}
+        sources[label] = {"purifier": source, "type": getattr(purifier, "model_type", "none"),
+                          **({"classifiers": [f"{n}={own[n]}" for n in classifiers]} if adversarial else {})}
+    return purifiers, nets, defenses, sources, load_dataset(args.dataset, "test", root=args.data_root)
 
 
 #: Command-line key -> name in ``evaluation.ADAPTIVE_ATTACKS`` (spelled out here so that building
@@ -199,7 +231,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 
-    purifier, nets, defended, test = _evaluation_inputs(args)
+    purifiers, nets, defenses, sources, test = _evaluation_inputs(args)
     settings = EvalSettings(
         attacks=tuple(args.attacks),
         adaptive=tuple(ADAPTIVE_KEYS[k] for k in args.adaptive) if args.adaptive_limit > 0 else (),
@@ -207,11 +239,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
     )
     cache = AttackCache(args.cache) if args.cache else None
-    report = evaluate(nets, defended, test, settings, cache=cache, progress=not args.quiet)
+    report = evaluate(nets, defenses, test, settings, cache=cache, progress=not args.quiet)
     report["meta"]["command"] = _command(args)
-    report["meta"]["purifier"], report["meta"]["classifiers"] = args.purifier, args.classifiers
-    report["meta"]["purifier_fingerprint"] = weights_fingerprint(purifier)
-    report["meta"]["purifier_type"] = getattr(purifier, "model_type", "none")
+    report["meta"]["classifiers"] = args.classifiers
+    report["meta"]["defense_sources"] = {
+        label: {**source, "fingerprint": weights_fingerprint(purifiers[label]),
+                **({"classifier_fingerprints": {n: weights_fingerprint(m.classifier) for n, m in defenses[label].items()}}
+                   if "classifiers" in source else {})}
+        for label, source in sources.items()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -222,9 +257,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         from .model import PuVAE
         from .visualize import projection_figure
 
-        if not isinstance(purifier, PuVAE):
-            raise SystemExit("--figure shows PuVAE's class projections; this purifier has none")
-        projection_figure(purifier, nets[next(iter(nets))], test, Path(args.figure), seed=args.seed)
+        vae = next((p for p in purifiers.values() if isinstance(p, PuVAE)), None)
+        if vae is None:
+            raise SystemExit("--figure shows PuVAE's class projections; no defense of this run has them")
+        projection_figure(vae, nets[next(iter(nets))], test, Path(args.figure), seed=args.seed)
         print(f"wrote {args.figure}")
 
 
@@ -290,11 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="reproduce Table 2 (gray-box) and run adaptive attacks")
     ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
-    ev.add_argument("--purifier", default="puvae-mnist",
-                    help="PuVAE, or a baseline purifier (MagNet, Defense-GAN) folder or name; 'none' for no purifier "
-                         "(e.g. adversarially trained classifiers)")
+    ev.add_argument("--defenses", nargs="+", default=["puvae"], metavar="LABEL[=PURIFIER]",
+                    help="defenses measured on the same images in one run: puvae, magnet, defense-gan (the registered "
+                         "'<label>-<dataset>' purifier), adv-training (no purifier, classifiers from --adv-classifiers), "
+                         "or LABEL=PURIFIER for a folder, registered name, Hub repo id or 'none' (default: puvae)")
     ev.add_argument("--classifiers", nargs="+", default=["A=mnist-classifier-a", "B=mnist-classifier-b"],
                     metavar="NAME=MODEL")
+    ev.add_argument("--adv-classifiers", nargs="+", default=None, metavar="NAME=MODEL",
+                    help="adversarially trained counterparts of --classifiers for the adv-training defense (default: "
+                         "'<dataset>-adv-classifier-<name>', e.g. mnist-adv-classifier-a)")
     ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
     ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")

@@ -26,6 +26,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ from .serialization import weights_fingerprint
 __all__ = [
     "ATTACK_SETTINGS",
     "AttackCache",
-    "PAPER_TABLE2",
+    "DEFENSE_NAMES",
+    "defense_columns",
+    "PAPER_TABLES",
     "EvalSettings",
     "defended_accuracy",
     "evaluate",
@@ -49,18 +52,40 @@ __all__ = [
     "weights_fingerprint",
 ]
 
-#: Table 2 of the paper (MNIST): (classifier, attack) -> (no attack, no defense, PuVAE), %.
-PAPER_TABLE2: Mapping[tuple[str, str], tuple[float, float, float]] = {
-    ("A", "FGSM"): (99.51, 12.46, 81.33),
-    ("A", "iFGSM"): (99.51, 0.00, 92.33),
-    ("A", "RAND+FGSM"): (99.51, 10.64, 82.70),
-    ("A", "CW"): (99.51, 0.43, 90.80),
-    ("B", "FGSM"): (99.29, 28.85, 88.25),
-    ("B", "iFGSM"): (99.29, 0.04, 92.25),
-    ("B", "RAND+FGSM"): (99.29, 6.42, 85.03),
-    ("B", "CW"): (99.29, 0.59, 92.92),
-}
+#: Column names of the paper's tables: the defense labels of :func:`evaluate` reports.
+DEFENSE_NAMES: Mapping[str, str] = {"adv-training": "Adv. Tr.", "magnet": "MagNet", "defense-gan": "Defense-GAN",
+                                    "puvae": "PuVAE"}
 
+
+def _paper_rows(values: str) -> dict[str, float]:
+    columns = ("no_attack", "no_defense", "adv-training", "magnet", "defense-gan", "puvae")
+    return dict(zip(columns, map(float, values.split()), strict=True))
+
+
+#: Tables 2 (MNIST) and 3 (Fashion-MNIST) of the paper: (classifier, attack) -> column -> %.
+#: Columns: ``no_attack``, ``no_defense`` and the defense labels of :data:`DEFENSE_NAMES`.
+PAPER_TABLES: Mapping[str, Mapping[tuple[str, str], Mapping[str, float]]] = {
+    "mnist": {
+        ("A", "FGSM"): _paper_rows("99.51 12.46 78.57 26.90 85.29 81.33"),
+        ("A", "iFGSM"): _paper_rows("99.51 0.00 91.72 72.48 87.40 92.33"),
+        ("A", "RAND+FGSM"): _paper_rows("99.51 10.64 84.21 32.34 89.02 82.70"),
+        ("A", "CW"): _paper_rows("99.51 0.43 18.80 18.80 90.04 90.80"),
+        ("B", "FGSM"): _paper_rows("99.29 28.85 88.49 71.70 86.03 88.25"),
+        ("B", "iFGSM"): _paper_rows("99.29 0.04 93.56 86.29 88.55 92.25"),
+        ("B", "RAND+FGSM"): _paper_rows("99.29 6.42 88.44 41.66 89.76 85.03"),
+        ("B", "CW"): _paper_rows("99.29 0.59 19.20 19.10 90.76 92.92"),
+    },
+    "fashion-mnist": {
+        ("A", "FGSM"): _paper_rows("93.46 4.06 11.51 11.71 56.67 59.18"),
+        ("A", "iFGSM"): _paper_rows("93.46 0.00 50.31 34.70 65.11 72.51"),
+        ("A", "RAND+FGSM"): _paper_rows("93.46 1.60 8.72 6.96 59.52 45.13"),
+        ("A", "CW"): _paper_rows("93.46 5.01 18.00 15.50 68.60 80.59"),
+        ("B", "FGSM"): _paper_rows("93.54 2.75 8.00 15.30 58.20 52.46"),
+        ("B", "iFGSM"): _paper_rows("93.54 0.00 46.97 41.84 66.06 71.04"),
+        ("B", "RAND+FGSM"): _paper_rows("93.54 1.34 9.93 7.44 60.98 52.22"),
+        ("B", "CW"): _paper_rows("93.54 4.87 16.70 16.70 67.62 79.42"),
+    },
+}
 _MNIST_ATTACKS: Mapping[str, Any] = {
     "eps": 0.3, "rand_alpha": 0.05, "ifgsm_step": 0.05, "ifgsm_steps": 10,
     "cw_steps": 100, "cw_lr": 0.2, "cw_initial_const": 10.0, "cw_binary_search_steps": 1, "cw_confidence": 0.0,
@@ -227,44 +252,77 @@ def defended_accuracy(
     return 100.0 * correct / len(dataset)
 
 
+def _attack_target(classifier: nn.Module, model: PurifiedClassifier) -> nn.Module:
+    """The network a gray-box attacker differentiates: the defense's own classifier."""
+    if model.classifier is classifier:
+        return classifier
+    if model.preprocess is not None:
+        raise ValueError("a defense with its own classifier (e.g. adversarial training) and a preprocess cannot be "
+                         "attacked gray-box: pass the classifier with its preprocessing as one module")
+    return model.classifier
+
+
+def _has_distances(model: PurifiedClassifier) -> bool:
+    return isinstance(model.purifier, PuVAE)
+
+
 def evaluate(
     classifiers: Mapping[str, nn.Module],
-    defended: Mapping[str, PurifiedClassifier],
+    defenses: Mapping[str, Mapping[str, PurifiedClassifier]],
     dataset: ImageDataset,
     settings: EvalSettings | None = None,
     *,
     cache: AttackCache | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the gray-box table and the adaptive attacks; returns a JSON-ready dict.
+    """Run the gray-box table and the adaptive attacks for several defenses on the same images.
+
+    Gray-box examples are computed on each defense's own classifier: the undefended one for
+    the purifiers (computed once per batch and shared by all of them), the defense's
+    classifier when it brings its own (adversarial training). Adaptive attacks run on each
+    defense as a whole; "PGD on the distances" only on PuVAE defenses (others have no
+    distances; their cell is absent).
 
     Args:
         classifiers: name -> undefended target classifier (eval mode), e.g. ``{"A": net_a}``.
-        defended: name -> the same classifier behind the purifier.
+        defenses: defense label -> classifier name -> that classifier's defended model, e.g.
+            ``{"puvae": {"A": PurifiedClassifier(net_a, vae)}}``; labels of :data:`DEFENSE_NAMES`
+            are compared with the paper's columns. Every defense covers every classifier.
         dataset: test images (the paper: the full 10,000-image MNIST test set).
         settings: what to run; default everything on all images.
         cache: reuse gray-box adversarial examples computed by an earlier run (same
             classifier weights, attack parameters, seed and batches); the numbers are the
             same with or without it.
         progress: tqdm progress bars.
+
+    Returns:
+        ``{"classifiers": {name: {"n", "clean_accuracy", "clean_through": {defense: %},
+        "gray_box": {attack: {"no_defense": %, defense: %}}, "adaptive": {defense: {attack: %}},
+        "adaptive_n", "attack_seconds"}}, "meta": {...}}``.
     """
     from tqdm.auto import tqdm
 
+    if not defenses:
+        raise ValueError("no defense to evaluate")
+    for label, models in defenses.items():
+        if set(models) != set(classifiers):
+            raise ValueError(f"defense {label!r} covers classifiers {sorted(models)}, expected {sorted(classifiers)}")
     settings = settings or EvalSettings()
     params = settings.params
-    device = _device_of(next(iter(defended.values())))
+    device = _device_of(next(iter(next(iter(defenses.values())).values())))
     size = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
     adaptive_size = min(settings.adaptive_limit, size)
     started = time.perf_counter()
     report: dict[str, Any] = {"classifiers": {}}
     for name, classifier in classifiers.items():
-        model = defended[name]
-        counts = {"clean": 0, "clean_through_puvae": 0}
-        counts.update({f"{a}/no_defense": 0 for a in settings.attacks})
-        counts.update({f"{a}/puvae": 0 for a in settings.attacks})
-        counts.update({a: 0 for a in settings.adaptive})
+        models = {label: models[name] for label, models in defenses.items()}
+        targets_of = {label: _attack_target(classifier, model) for label, model in models.items()}
+        adaptive = {label: [a for a in settings.adaptive if a != "PGD on the distances" or _has_distances(model)]
+                    for label, model in models.items()}
+        counts: dict[str, int] = {"clean": 0}
         timings: dict[str, float] = {}
-        gen = torch.Generator().manual_seed(settings.seed)
+        # One noise generator per defense: a defense's numbers do not depend on the others in the run.
+        gens = {label: torch.Generator().manual_seed(settings.seed) for label in models}
         bar = tqdm(total=size, desc=f"classifier {name}", disable=not progress)
         for start in range(0, size, settings.batch_size):
             x = dataset.images[start : start + min(settings.batch_size, size - start)].to(device)
@@ -273,38 +331,45 @@ def evaluate(
                 clean_logits = classifier(x)
             counts["clean"] += _correct(clean_logits, y)
             targets = random_targets(y, clean_logits.shape[1], _batch_generator(settings.seed, start, 0))
-            counts["clean_through_puvae"] += _correct(_defended_logits(model, x, gen), y)
+            for label, model in models.items():
+                _count(counts, f"clean/{label}", _correct(_defended_logits(model, x, gens[label]), y))
             for attack in settings.attacks:
-                stream = 1 + PAPER_ATTACKS.index(attack)
-                tic = time.perf_counter()
-                compute = lambda: _gray_box_attack(attack, params)(  # noqa: B023, E731
-                    classifier, x, y, targets, _batch_generator(settings.seed, start, stream))  # noqa: B023
-                x_adv = compute() if cache is None else cache.get_or_compute(
-                    classifier, attack, params, settings.seed, start, x, compute)
-                timings[attack] = timings.get(attack, 0.0) + time.perf_counter() - tic
+                examples: dict[int, torch.Tensor] = {}  # one set per attacked network, shared by its defenses
+                for target in (classifier, *targets_of.values()):
+                    if id(target) not in examples:
+                        tic = time.perf_counter()
+                        examples[id(target)] = _gray_box_examples(attack, params, target, x, y, targets, settings.seed,
+                                                                  start, cache)
+                        _count(timings, attack, time.perf_counter() - tic)
                 with torch.no_grad():
-                    counts[f"{attack}/no_defense"] += _correct(classifier(x_adv), y)
-                counts[f"{attack}/puvae"] += _correct(_defended_logits(model, x_adv, gen), y)
+                    _count(counts, f"{attack}/no_defense", _correct(classifier(examples[id(classifier)]), y))
+                for label, model in models.items():
+                    x_adv = examples[id(targets_of[label])]
+                    _count(counts, f"{attack}/{label}", _correct(_defended_logits(model, x_adv, gens[label]), y))
             if start < adaptive_size:
                 x_a, y_a = x[: adaptive_size - start], y[: adaptive_size - start]
-                for attack in settings.adaptive:
-                    tic = time.perf_counter()
-                    x_adv = _adaptive_attack(attack, model, x_a, y_a, params, gen)
-                    timings[attack] = timings.get(attack, 0.0) + time.perf_counter() - tic
-                    counts[attack] += _correct(_defended_logits(model, x_adv, gen), y_a)
+                for label, model in models.items():
+                    for attack in adaptive[label]:
+                        tic = time.perf_counter()
+                        x_adv = _adaptive_attack(attack, model, x_a, y_a, params, gens[label])
+                        _count(timings, f"{label}/{attack}", time.perf_counter() - tic)
+                        _count(counts, f"{label}/{attack}", _correct(_defended_logits(model, x_adv, gens[label]), y_a))
             bar.update(x.shape[0])
         bar.close()
+        percent = partial(_percent, counts, n=size)
         report["classifiers"][name] = {
             "n": size,
-            "clean_accuracy": 100.0 * counts["clean"] / size,
-            "clean_through_puvae": 100.0 * counts["clean_through_puvae"] / size,
-            "gray_box": {a: {"no_defense": 100.0 * counts[f"{a}/no_defense"] / size,
-                             "puvae": 100.0 * counts[f"{a}/puvae"] / size} for a in settings.attacks},
-            "adaptive": {a: 100.0 * counts[a] / adaptive_size for a in settings.adaptive},
+            "clean_accuracy": percent("clean"),
+            "clean_through": {label: percent(f"clean/{label}") for label in models},
+            "gray_box": {a: {"no_defense": percent(f"{a}/no_defense"), **{label: percent(f"{a}/{label}") for label in models}}
+                         for a in settings.attacks},
+            "adaptive": {label: {a: percent(f"{label}/{a}", n=adaptive_size) for a in adaptive[label]}
+                         for label in models if adaptive[label]} if adaptive_size else {},
             "adaptive_n": adaptive_size if settings.adaptive else 0,
             "attack_seconds": timings,
         }
     report["meta"] = {
+        "defenses": list(defenses),
         "settings": {"attacks": list(settings.attacks), "adaptive": list(settings.adaptive), "limit": settings.limit,
                      "adaptive_limit": settings.adaptive_limit, "batch_size": settings.batch_size,
                      "sigma_eps": settings.sigma_eps, "seed": settings.seed, "dataset": settings.dataset},
@@ -315,6 +380,25 @@ def evaluate(
         "python": platform.python_version(),
     }
     return report
+
+
+def _gray_box_examples(attack: str, params: Mapping[str, Any], target: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       targets: torch.Tensor, seed: int, start: int, cache: AttackCache | None) -> torch.Tensor:
+    """One batch's gray-box examples on ``target``, from the cache when it has them."""
+    stream = 1 + PAPER_ATTACKS.index(attack)
+
+    def compute() -> torch.Tensor:
+        return _gray_box_attack(attack, params)(target, x, y, targets, _batch_generator(seed, start, stream))
+
+    return compute() if cache is None else cache.get_or_compute(target, attack, params, seed, start, x, compute)
+
+
+def _percent(counts: Mapping[str, int], key: str, n: int) -> float:
+    return 100.0 * counts.get(key, 0) / n
+
+
+def _count(counts: dict[str, Any], key: str, value: float) -> None:
+    counts[key] = counts.get(key, 0) + value
 
 
 def _adaptive_attack(
@@ -355,25 +439,42 @@ def _cell(ours: float, paper: float | None) -> str:
     return f"{ours:.2f} ({paper:.2f}, {ours - paper:+.2f})"
 
 
-def results_markdown(report: Mapping[str, Any], *, paper: Mapping[tuple[str, str], tuple[float, float, float]] | None = None) -> str:
-    """Markdown tables of a report; cells read ``ours (paper, ours - paper)`` where the paper has a value."""
-    paper = PAPER_TABLE2 if paper is None else paper
+def defense_columns(labels: Sequence[str]) -> list[str]:
+    """Defense labels in the paper's column order (Adv. Tr., MagNet, Defense-GAN, PuVAE), others after."""
+    known = [label for label in DEFENSE_NAMES if label in labels]
+    return known + [label for label in labels if label not in DEFENSE_NAMES]
+
+
+def results_markdown(report: Mapping[str, Any], *,
+                     paper: Mapping[tuple[str, str], Mapping[str, float]] | None = None) -> str:
+    """Markdown tables of a report: the gray-box table with one column per defense (its first
+    row per classifier is clean accuracy), then the adaptive attacks per defense.
+
+    Cells read ``ours (paper, ours - paper)`` where the paper has a value; ``paper`` defaults
+    to the paper's table for the report's data set (:data:`PAPER_TABLES`).
+    """
+    if paper is None:
+        paper = PAPER_TABLES.get(report["meta"]["settings"]["dataset"], {})
+    labels = defense_columns(report["meta"]["defenses"])
     lines = [
-        "| Classifier | Attack | No Attack | No Defense | PuVAE | Clean through PuVAE |",
-        "|---|---|---|---|---|---|",
+        "| Classifier | Attack | No Attack | No Defense | " + " | ".join(DEFENSE_NAMES.get(d, d) for d in labels) + " |",
+        "|---|---|---|---|" + "---|" * len(labels),
     ]
     for name, result in report["classifiers"].items():
+        clean = f"{result['clean_accuracy']:.2f}"
+        lines.append(f"| {name} | no attack | {clean} | {clean} | "
+                     + " | ".join(f"{result['clean_through'][d]:.2f}" for d in labels) + " |")
         for attack, cell in result["gray_box"].items():
-            ref = paper.get((name, attack))
-            lines.append(
-                f"| {name} | {attack} | {_cell(result['clean_accuracy'], ref[0] if ref else None)} | "
-                f"{_cell(cell['no_defense'], ref[1] if ref else None)} | {_cell(cell['puvae'], ref[2] if ref else None)} | "
-                f"{result['clean_through_puvae']:.2f} |"
-            )
-    adaptive_rows = [(n, r) for n, r in report["classifiers"].items() if r["adaptive"]]
+            ref = paper.get((name, attack), {})
+            values = [_cell(result["clean_accuracy"], ref.get("no_attack")), _cell(cell["no_defense"], ref.get("no_defense"))]
+            values += [_cell(cell[d], ref.get(d)) for d in labels]
+            lines.append(f"| {name} | {attack} | " + " | ".join(values) + " |")
+    adaptive_rows = [(name, d, result["adaptive"][d], result["adaptive_n"])
+                     for name, result in report["classifiers"].items() for d in labels if d in result["adaptive"]]
     if adaptive_rows:
-        attacks: Sequence[str] = list(adaptive_rows[0][1]["adaptive"])
-        lines += ["", "| Classifier | n | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
-        for name, result in adaptive_rows:
-            lines.append(f"| {name} | {result['adaptive_n']} | " + " | ".join(f"{result['adaptive'][a]:.2f}" for a in attacks) + " |")
+        attacks = [a for a in ADAPTIVE_ATTACKS if any(a in row for _, _, row, _ in adaptive_rows)]
+        lines += ["", "| Classifier | Defense | n | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks)]
+        for name, label, row, n in adaptive_rows:
+            values = " | ".join(f"{row[a]:.2f}" if a in row else "-" for a in attacks)
+            lines.append(f"| {name} | {DEFENSE_NAMES.get(label, label)} | {n} | {values} |")
     return "\n".join(lines) + "\n"

@@ -62,7 +62,7 @@ evaluate() {  # name, then extra options
     if [ -f "$WORK/hub/puvae-mnist/model.safetensors" ] && [ "$(left)" -gt 40 ]; then
         stamp "evaluation $name, $(left) s left"
         timeout $(( $(left) - 15 )) python3 -m puvae_defense.cli evaluate --device "$DEVICE" --quiet "${EVAL_EXTRA[@]}" \
-            --purifier "$WORK/hub/puvae-mnist" \
+            --defenses puvae="$WORK/hub/puvae-mnist" \
             --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" \
             --out "$WORK/results" --name "$name" --cache "$WORK/adv_cache" "$@" > "$WORK/logs/evaluate_$name.log" 2>&1
         stamp "evaluate $name exit $?"

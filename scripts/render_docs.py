@@ -14,13 +14,13 @@ import re
 from pathlib import Path
 
 from puvae_defense import hub
-from puvae_defense.evaluation import ADAPTIVE_ATTACKS, results_markdown
+from puvae_defense.evaluation import ADAPTIVE_ATTACKS, DEFENSE_NAMES, defense_columns, results_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-#: Table 2 reports, one per classifier or one for all, merged into one table (run
-#: separately to fit the CPU's time); all must be measured on the same purifier.
-TABLE2_REPORTS = ("table2_mnist.json", "table2_mnist_A.json", "table2_mnist_B.json")
+#: Table 2 reports (``table2*.json``), each on some classifiers and some defenses, merged into
+#: one table (run separately to fit the CPU's time); a defense must have the same weights in all.
+TABLE2_REPORTS = tuple(sorted(p.name for p in RESULTS.glob("table2*.json")))
 #: Adaptive-attack reports merged into one table (run separately to fit the CPU's time): every
 #: ``adaptive*.json`` in docs/results (the 0.1.0 results live in a subfolder).
 ADAPTIVE_REPORTS = tuple(sorted(p.name for p in RESULTS.glob("adaptive*.json")))
@@ -42,38 +42,69 @@ def models_table() -> str:
     return "\n".join(lines)
 
 
-def adaptive_table(reports: list[dict]) -> str:
-    """One table from several adaptive-attack reports (rows: classifiers; columns: attacks).
+def _fingerprints(report: dict) -> dict[str, str | None]:
+    """Defense label -> the weights it was measured with."""
+    return {label: source.get("fingerprint") for label, source in report["meta"]["defense_sources"].items()}
+
+
+def _matches(report: dict, fingerprints: dict[str, str | None]) -> dict[str, bool]:
+    """Which of the report's defenses were measured on the weights of Table 2's same-named defense."""
+    return {label: fingerprints.get(label) == fp for label, fp in _fingerprints(report).items()}
+
+
+def adaptive_table(reports: list[dict], fingerprints: dict[str, str | None]) -> str:
+    """One table from several adaptive-attack reports (rows: classifier and defense; columns:
+    attacks), keeping only defenses measured on Table 2's weights.
 
     Cells measured on another number of images than the row's most common one say their n.
     """
-    cells: dict[str, dict[str, tuple[float, int]]] = {}
+    cells: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
     for report in reports:
+        same = _matches(report, fingerprints)
         for name, result in report["classifiers"].items():
-            n = result["adaptive_n"]
-            cells.setdefault(name, {}).update({a: (v, n) for a, v in result["adaptive"].items()})
+            for label, row in result["adaptive"].items():
+                if same.get(label):
+                    cells.setdefault((name, label), {}).update({a: (v, result["adaptive_n"]) for a, v in row.items()})
     attacks = [a for a in ADAPTIVE_ATTACKS if any(a in row for row in cells.values())]
-    lines = ["| Classifier | n | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
-    for name, row in sorted(cells.items()):
+    lines = ["| Classifier | Defense | n | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks)]
+    order = defense_columns(list(dict.fromkeys(label for _, label in cells)))
+    for (name, label), row in sorted(cells.items(), key=lambda item: (item[0][0], order.index(item[0][1]))):
         sizes = [n for _, n in row.values()]
         usual = max(set(sizes), key=sizes.count)
         values = " | ".join(
             "-" if a not in row else f"{row[a][0]:.2f}" + ("" if row[a][1] == usual else f" (n = {row[a][1]:,})")
             for a in attacks
         )
-        lines.append(f"| {name} | {usual:,} | {values} |")
+        lines.append(f"| {name} | {DEFENSE_NAMES.get(label, label)} | {usual:,} | {values} |")
     return "\n".join(lines)
 
 
 def merge_table2(reports: list[dict]) -> dict:
-    """One report from several, each on some classifiers; they must share the purifier's weights."""
-    fingerprints = {r["meta"].get("purifier_fingerprint") for r in reports}
-    if len(fingerprints) > 1:
-        raise SystemExit(f"Table 2 reports from different purifiers in {RESULTS}: rerun them on one purifier")
+    """One report from several, each on some classifiers and defenses.
+
+    A defense must have the same weights in every report, and the cells two reports share
+    (clean and undefended accuracy on the same classifier and images) must agree.
+    """
+    fingerprints: dict[str, str | None] = {}
     classifiers: dict[str, dict] = {}
+    sources: dict[str, dict] = {}
     for report in reports:
-        classifiers.update(report["classifiers"])
-    return {"classifiers": classifiers, "meta": reports[0]["meta"]}
+        for label, fp in _fingerprints(report).items():
+            if fingerprints.setdefault(label, fp) != fp:
+                raise SystemExit(f"Table 2 reports with different {label!r} weights in {RESULTS}: rerun them on one")
+        sources.update(report["meta"]["defense_sources"])
+        for name, result in report["classifiers"].items():
+            merged = classifiers.setdefault(name, {**result, "clean_through": {}, "gray_box": {}, "adaptive": {}})
+            if (merged["n"], merged["clean_accuracy"]) != (result["n"], result["clean_accuracy"]):
+                raise SystemExit(f"Table 2 reports disagree on classifier {name}'s clean accuracy or n: rerun them")
+            merged["clean_through"].update(result["clean_through"])
+            for attack, cell in result["gray_box"].items():
+                row = merged["gray_box"].setdefault(attack, {"no_defense": cell["no_defense"]})
+                if row["no_defense"] != cell["no_defense"]:
+                    raise SystemExit(f"Table 2 reports disagree on {name}/{attack} without defense: not the same examples")
+                row.update(cell)
+    meta = {**reports[0]["meta"], "defenses": defense_columns(list(sources)), "defense_sources": sources}
+    return {"classifiers": classifiers, "meta": meta}
 
 
 def headline() -> str:
@@ -86,15 +117,14 @@ def headline() -> str:
                      for r in reports)
     lines = [
         f"Table 2 of the paper on the MNIST test set (n = {', '.join(f'{n:,}' for n in sorted(sizes))}) with the "
-        f"shipped models: {runs}. Cells read *ours (paper, difference)*; the last column is the target's accuracy on "
-        "purified clean images, which the paper does not report.",
+        f"shipped models: {runs}. Cells read *ours (paper, difference)*; each classifier's first row is its clean accuracy "
+        "behind each defense, which the paper does not report.",
         "",
         results_markdown(table2).strip(),
     ]
-    # Only reports measured on the same purifier weights as Table 2 belong in its tables.
-    fingerprint = table2["meta"].get("purifier_fingerprint")
-    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS)
-                if r is not None and r["meta"].get("purifier_fingerprint") == fingerprint]
+    # Only defenses measured on the same weights as in Table 2 belong in its tables.
+    fingerprints = _fingerprints(table2)
+    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None and any(_matches(r, fingerprints).values())]
     if not adaptive:
         lines += ["", "Adaptive white-box attacks (PGD through the purifier, BPDA, EOT, PGD on the purifier's "
                   "distances) have not been run on this purifier yet; the commands are in docs/evaluation.md, and "
@@ -109,11 +139,11 @@ def headline() -> str:
             f"draws per step), robust accuracy on the first n test images, {adaptive[0]['meta']['device']}: {runs}. "
             "The paper reports none of these; a dash is a cell we did not run.",
             "",
-            adaptive_table(adaptive),
+            adaptive_table(adaptive, fingerprints),
         ]
     for name in sorted(p.name for p in RESULTS.glob("autoattack_mnist_*.json")):
         aa = _load(name)
-        if aa is None or aa.get("purifier_fingerprint") != fingerprint:
+        if aa is None or aa.get("purifier_fingerprint") != fingerprints.get("puvae"):
             continue
         s_low, s_high = aa["square_alone_wilson95"]
         square = (f"Square alone (gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from puvae_defense import PurifiedClassifier, attacks
 from puvae_defense.baselines import ImagePurifier, MagNetConfig, MagNetReformer, fgsm_objective, fit_adversarial_classifier, fit_magnet
-from puvae_defense.evaluation import EvalSettings, defended_accuracy, evaluate
+from puvae_defense.evaluation import EvalSettings, defended_accuracy, distance_logits, evaluate
 
 from conftest import synthetic_dataset
 
@@ -76,11 +76,10 @@ def test_harness_runs_on_a_baseline_purifier(images: torch.Tensor) -> None:
     model = PurifiedClassifier(_net(), MagNetReformer().eval())
     assert 0 <= defended_accuracy(model, data) <= 100
     settings = EvalSettings(attacks=("FGSM",), adaptive=("PGD + BPDA",), adaptive_limit=4, batch_size=6)
-    report = evaluate({"A": _net()}, {"A": model}, data, settings, progress=False)
-    assert report["classifiers"]["A"]["n"] == 12 and "PGD + BPDA" in report["classifiers"]["A"]["adaptive"]
+    report = evaluate({"A": model.classifier}, {"magnet": {"A": model}}, data, settings, progress=False)
+    assert report["classifiers"]["A"]["n"] == 12 and "PGD + BPDA" in report["classifiers"]["A"]["adaptive"]["magnet"]
     with pytest.raises(ValueError, match="has none"):
-        evaluate({"A": _net()}, {"A": model}, data, EvalSettings(attacks=(), adaptive=("PGD on the distances",),
-                                                                  adaptive_limit=2, batch_size=6), progress=False)
+        distance_logits(model, 100.0)
 
 
 def test_image_purifier_is_abstract() -> None:
@@ -204,18 +203,34 @@ def test_load_purifier_dispatches_on_the_folder(tmp_path, tiny_vae) -> None:
         load_purifier(tmp_path / "clf")
 
 
-def test_evaluate_command_with_a_baseline(tmp_path, mnist_root) -> None:
+def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) -> None:
     import json
 
     from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
     from puvae_defense.cli import main
+    from puvae_defense.evaluation import weights_fingerprint
 
     torch.manual_seed(0)
     MagNetReformer().save_pretrained(tmp_path / "magnet")
+    tiny_vae.save_pretrained(tmp_path / "vae")
     PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
-    for purifier, kind in ((str(tmp_path / "magnet"), "magnet"), ("none", "none")):
-        assert main(["evaluate", "--purifier", purifier, "--classifiers", f"A={tmp_path / 'clf'}", "--attacks", "FGSM",
-                     "--limit", "8", "--adaptive", "bpda", "--adaptive-limit", "4", "--batch-size", "4", "--data-root",
-                     str(mnist_root), "--out", str(tmp_path / "out"), "--name", kind, "--quiet"]) == 0
-        report = json.loads((tmp_path / "out" / f"{kind}.json").read_text())
-        assert report["meta"]["purifier_type"] == kind and report["classifiers"]["A"]["n"] == 8
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "adv")
+    common = ["--classifiers", f"A={tmp_path / 'clf'}", "--attacks", "FGSM", "--limit", "8", "--adaptive", "bpda",
+              "--adaptive-limit", "4", "--batch-size", "4", "--data-root", str(mnist_root), "--out", str(tmp_path / "out"),
+              "--quiet"]
+    assert main(["evaluate", "--defenses", f"puvae={tmp_path / 'vae'}", f"magnet={tmp_path / 'magnet'}", "adv-training",
+                 "--adv-classifiers", f"A={tmp_path / 'adv'}", "--name", "all", *common]) == 0
+    report = json.loads((tmp_path / "out" / "all.json").read_text())
+    sources = report["meta"]["defense_sources"]
+    assert report["meta"]["defenses"] == ["puvae", "magnet", "adv-training"]
+    assert {k: v["type"] for k, v in sources.items()} == {"puvae": "puvae", "magnet": "magnet", "adv-training": "none"}
+    assert sources["puvae"]["fingerprint"] == weights_fingerprint(tiny_vae)
+    assert sources["adv-training"]["classifiers"] == [f"A={tmp_path / 'adv'}"]
+    assert set(report["classifiers"]["A"]["gray_box"]["FGSM"]) == {"no_defense", "puvae", "magnet", "adv-training"}
+    assert "| Classifier | Attack | No Attack | No Defense | Adv. Tr. | MagNet | PuVAE |" in (tmp_path / "out" / "all.md").read_text()
+    with pytest.raises(SystemExit, match="unknown defense 'magnets'"):
+        main(["evaluate", "--defenses", "magnets", "--name", "x", *common])
+    with pytest.raises(SystemExit, match="repeated defense"):
+        main(["evaluate", "--defenses", "puvae=none", "puvae=none", "--name", "x", *common])
+    with pytest.raises(SystemExit, match="--adv-classifiers names"):
+        main(["evaluate", "--defenses", "adv-training", "--adv-classifiers", f"B={tmp_path / 'adv'}", "--name", "x", *common])

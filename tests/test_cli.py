@@ -15,7 +15,7 @@ def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_ro
     tiny_vae.save_pretrained(tmp_path / "vae")
     torch.manual_seed(0)
     PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
-    status = main(["evaluate", "--purifier", str(tmp_path / "vae"), "--classifiers", f"A={tmp_path / 'clf'}",
+    status = main(["evaluate", "--defenses", f"puvae={tmp_path / 'vae'}", "--classifiers", f"A={tmp_path / 'clf'}",
                    "--attacks", "FGSM", "iFGSM", "--limit", "12", "--adaptive-limit", "0", "--batch-size", "6",
                    "--data-root", str(mnist_root), "--out", str(tmp_path / "out"), "--name", "t",
                    "--figure", str(tmp_path / "out" / "fig.png"), "--quiet"])
@@ -23,7 +23,7 @@ def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_ro
     report = json.loads((tmp_path / "out" / "t.json").read_text())
     assert report["classifiers"]["A"]["n"] == 12 and set(report["classifiers"]["A"]["gray_box"]) == {"FGSM", "iFGSM"}
     assert report["meta"]["command"].startswith("puvae-defense evaluate")
-    assert report["meta"]["purifier_fingerprint"] == weights_fingerprint(tiny_vae)
+    assert report["meta"]["defense_sources"]["puvae"]["fingerprint"] == weights_fingerprint(tiny_vae)
     assert (tmp_path / "out" / "t.md").read_text().startswith("| Classifier |")
     assert (tmp_path / "out" / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| A | FGSM |" in capsys.readouterr().out
@@ -79,12 +79,12 @@ def test_evaluate_runs_only_the_chosen_adaptive_attacks(tmp_path, tiny_vae: PuVA
     tiny_vae.save_pretrained(tmp_path / "vae")
     torch.manual_seed(0)
     PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
-    status = main(["evaluate", "--purifier", str(tmp_path / "vae"), "--classifiers", f"A={tmp_path / 'clf'}",
+    status = main(["evaluate", "--defenses", f"puvae={tmp_path / 'vae'}", "--classifiers", f"A={tmp_path / 'clf'}",
                    "--attacks", "--limit", "4", "--adaptive", "bpda", "--adaptive-limit", "4", "--batch-size", "4",
                    "--data-root", str(mnist_root), "--out", str(tmp_path / "out"), "--name", "t", "--quiet"])
     assert status == 0
     result = json.loads((tmp_path / "out" / "t.json").read_text())["classifiers"]["A"]
-    assert list(result["adaptive"]) == ["PGD + BPDA"] and result["adaptive_n"] == 4 and result["gray_box"] == {}
+    assert list(result["adaptive"]["puvae"]) == ["PGD + BPDA"] and result["adaptive_n"] == 4 and result["gray_box"] == {}
 
 
 def test_every_adaptive_attack_has_one_command_line_key() -> None:

@@ -24,7 +24,7 @@ QUICK = {"cw_steps": 3, "cw_binary_search_steps": 1, "pgd_steps": 2, "eot_sample
 
 def _setup(vae: PuVAE):
     net = tiny_source().eval()
-    return {"A": net}, {"A": PurifiedClassifier(net, vae)}
+    return {"A": net}, {"puvae": {"A": PurifiedClassifier(net, vae)}}
 
 
 def test_report_is_well_formed(tiny_vae: PuVAE) -> None:
@@ -34,14 +34,58 @@ def test_report_is_well_formed(tiny_vae: PuVAE) -> None:
     report = evaluate(nets, defended, data, settings, progress=False)
     result = report["classifiers"]["A"]
     assert result["n"] == 20 and result["adaptive_n"] == 6
-    assert set(result["gray_box"]) == set(PAPER_ATTACKS) and set(result["adaptive"]) == set(ADAPTIVE_ATTACKS)
-    values = [result["clean_accuracy"], result["clean_through_puvae"], *result["adaptive"].values()]
+    assert set(result["gray_box"]) == set(PAPER_ATTACKS)
+    assert set(result["adaptive"]) == {"puvae"} and set(result["adaptive"]["puvae"]) == set(ADAPTIVE_ATTACKS)
+    values = [result["clean_accuracy"], result["clean_through"]["puvae"], *result["adaptive"]["puvae"].values()]
     values += [v for cell in result["gray_box"].values() for v in cell.values()]
     assert all(0 <= v <= 100 and math.isfinite(v) for v in values)
+    assert set(result["gray_box"]["FGSM"]) == {"no_defense", "puvae"}
     assert report["meta"]["attack_params"]["cw_steps"] == 3 and report["meta"]["settings"]["seed"] == 0
+    assert report["meta"]["defenses"] == ["puvae"]
     json.dumps(report)  # JSON-ready
     table = results_markdown(report)
-    assert "| A | FGSM |" in table and "(99.51," in table and "| A | 6 |" in table
+    assert "| Classifier | Attack | No Attack | No Defense | PuVAE |" in table
+    assert "| A | FGSM |" in table and "(99.51," in table and "(81.33," in table and "| A | PuVAE | 6 |" in table
+
+
+def test_several_defenses_in_one_run(tiny_vae: PuVAE) -> None:
+    """Each defense's numbers are those it gets alone; a defense with its own classifier is
+    attacked on that classifier; the distance attack skips defenses without distances."""
+    from puvae_defense.baselines import NoPurifier
+
+    nets, alone = _setup(tiny_vae)
+    torch.manual_seed(3)
+    own = tiny_source().eval()
+    defenses = {"puvae": alone["puvae"], "adv-training": {"A": PurifiedClassifier(own, NoPurifier())},
+                "identity": {"A": PurifiedClassifier(nets["A"], NoPurifier())}}
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=("PGD + BPDA", "PGD on the distances"),
+                            adaptive_limit=8, batch_size=8, overrides=QUICK)
+    together = evaluate(nets, defenses, data, settings, progress=False)
+    result = together["classifiers"]["A"]
+    single = evaluate(nets, alone, data, settings, progress=False)["classifiers"]["A"]
+    assert result["clean_through"]["puvae"] == single["clean_through"]["puvae"]
+    assert result["adaptive"]["puvae"] == single["adaptive"]["puvae"]
+    assert all(result["gray_box"][a]["puvae"] == single["gray_box"][a]["puvae"] for a in ("FGSM", "RAND+FGSM"))
+    # the identity behind the undefended classifier is no defense; adversarial training's
+    # cells are its own classifier's accuracy on examples computed on that classifier
+    assert all(cell["identity"] == cell["no_defense"] for cell in result["gray_box"].values())
+    on_own = evaluate({"A": own}, {"identity": {"A": PurifiedClassifier(own, NoPurifier())}}, data, settings,
+                      progress=False)["classifiers"]["A"]
+    assert all(result["gray_box"][a]["adv-training"] == on_own["gray_box"][a]["no_defense"] for a in ("FGSM", "RAND+FGSM"))
+    assert set(result["adaptive"]["adv-training"]) == {"PGD + BPDA"} and set(result["adaptive"]["puvae"]) == {
+        "PGD + BPDA", "PGD on the distances"}
+    table = results_markdown(together)
+    assert "| Classifier | Attack | No Attack | No Defense | Adv. Tr. | PuVAE | identity |" in table
+    assert "| A | Adv. Tr. | 8 | " in table and table.count(" - |") >= 2  # no distance attack without distances
+
+
+def test_defenses_must_cover_every_classifier(tiny_vae: PuVAE) -> None:
+    nets, defenses = _setup(tiny_vae)
+    with pytest.raises(ValueError, match="covers classifiers"):
+        evaluate({**nets, "B": nets["A"]}, defenses, synthetic_dataset(4), progress=False)
+    with pytest.raises(ValueError, match="no defense"):
+        evaluate(nets, {}, synthetic_dataset(4), progress=False)
 
 
 def test_same_seed_same_numbers(tiny_vae: PuVAE) -> None:
@@ -50,7 +94,7 @@ def test_same_seed_same_numbers(tiny_vae: PuVAE) -> None:
     settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=("PGD + EOT",), adaptive_limit=8, batch_size=8, overrides=QUICK)
     first = evaluate(nets, defended, data, settings, progress=False)["classifiers"]
     second = evaluate(nets, defended, data, settings, progress=False)["classifiers"]
-    for key in ("clean_through_puvae", "gray_box", "adaptive"):
+    for key in ("clean_through", "gray_box", "adaptive"):
         assert first["A"][key] == second["A"][key]
 
 
@@ -121,7 +165,8 @@ def test_purifier_does_not_change_gray_box_examples(tiny_vae: PuVAE) -> None:
     settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=(), batch_size=8, overrides=QUICK)
     torch.manual_seed(1)
     other_vae = PuVAE(tiny_vae.config).eval()
-    reports = [evaluate(nets, {"A": PurifiedClassifier(nets["A"], vae, sigma_eps=s)}, data, settings, progress=False)
+    reports = [evaluate(nets, {"puvae": {"A": PurifiedClassifier(nets["A"], vae, sigma_eps=s)}}, data, settings,
+                        progress=False)
                for vae, s in ((tiny_vae, 0.1), (other_vae, 0.5))]
     assert reports[0]["classifiers"]["A"]["gray_box"]["RAND+FGSM"]["no_defense"] == \
         reports[1]["classifiers"]["A"]["gray_box"]["RAND+FGSM"]["no_defense"]
