@@ -450,8 +450,9 @@ def results_markdown(report: Mapping[str, Any], *,
     """Markdown tables of a report: the gray-box table with one column per defense (its first
     row per classifier is clean accuracy), then the adaptive attacks per defense.
 
-    Cells read ``ours (paper, ours - paper)`` where the paper has a value; ``paper`` defaults
-    to the paper's table for the report's data set (:data:`PAPER_TABLES`).
+    Cells read ``ours (paper, ours - paper)`` where the paper has a value, ``-`` where the
+    report has none (merged reports); ``paper`` defaults to the paper's table for the
+    report's data set (:data:`PAPER_TABLES`).
     """
     if paper is None:
         paper = PAPER_TABLES.get(report["meta"]["settings"]["dataset"], {})
@@ -463,11 +464,12 @@ def results_markdown(report: Mapping[str, Any], *,
     for name, result in report["classifiers"].items():
         clean = f"{result['clean_accuracy']:.2f}"
         lines.append(f"| {name} | no attack | {clean} | {clean} | "
-                     + " | ".join(f"{result['clean_through'][d]:.2f}" for d in labels) + " |")
+                     + " | ".join(f"{result['clean_through'][d]:.2f}" if d in result["clean_through"] else "-"
+                                  for d in labels) + " |")
         for attack, cell in result["gray_box"].items():
             ref = paper.get((name, attack), {})
             values = [_cell(result["clean_accuracy"], ref.get("no_attack")), _cell(cell["no_defense"], ref.get("no_defense"))]
-            values += [_cell(cell[d], ref.get(d)) for d in labels]
+            values += [_cell(cell[d], ref.get(d)) if d in cell else "-" for d in labels]
             lines.append(f"| {name} | {attack} | " + " | ".join(values) + " |")
     adaptive_rows = [(name, d, result["adaptive"][d], result["adaptive_n"])
                      for name, result in report["classifiers"].items() for d in labels if d in result["adaptive"]]

@@ -181,3 +181,17 @@ def test_weights_fingerprint_follows_the_values(tiny_vae: PuVAE) -> None:
     with torch.no_grad():
         half.encoder_in.weight[0, 0] += 1.0
     assert weights_fingerprint(half) != weights_fingerprint(tiny_vae)
+
+
+def test_markdown_marks_cells_a_merged_report_lacks(tiny_vae: PuVAE) -> None:
+    nets, defenses = _setup(tiny_vae)
+    settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=(), batch_size=8, overrides=QUICK)
+    report = evaluate(nets, defenses, synthetic_dataset(8), settings, progress=False)
+    report["meta"]["defenses"].append("magnet")
+    report["classifiers"]["A"]["gray_box"]["FGSM"]["magnet"] = 12.5
+    table = results_markdown(report)
+    assert "| PuVAE | MagNet |" not in table and "| MagNet | PuVAE |" in table  # the paper's column order
+    assert "(26.90, -14.40) |" in table  # MagNet's FGSM cell against the paper's
+    rand_row = next(line for line in table.splitlines() if "| RAND+FGSM |" in line)
+    no_attack_row = next(line for line in table.splitlines() if "| no attack |" in line)
+    assert rand_row.split(" | ")[4] == "-" and no_attack_row.split(" | ")[4] == "-"  # MagNet's column
