@@ -105,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_train_baseline(args: argparse.Namespace) -> None:
     import torch
 
-    from .baselines import fit_adversarial_classifier, fit_magnet
+    from .baselines import fit_adversarial_classifier, fit_defense_gan, fit_magnet
     from .classifiers import accuracy
     from .data import load_dataset
 
@@ -117,6 +117,11 @@ def _cmd_train_baseline(args: argparse.Namespace) -> None:
         images = val.images[:2000].to(model.encoder[0].weight.device)
         with torch.no_grad():
             score = {"val_mse": float(torch.nn.functional.mse_loss(model.purify(images), images))}
+    elif args.defense == "defense-gan":
+        model = fit_defense_gan(train, generator_steps=args.generator_steps, seed=args.seed, device=args.device,
+                                checkpoint_dir=args.checkpoint_dir)
+        images = val.images[:args.val_images].to(model.fc.weight.device)
+        score = {f"val{len(images)}_projection_mse_L200_R20": float(model.project(images, torch.Generator().manual_seed(args.seed))[1].mean())}
     else:
         model = fit_adversarial_classifier(train, args.arch, eps=args.eps, clean_weight=args.clean_weight,
                                            epochs=args.epochs or 5, seed=args.seed, device=args.device)
@@ -364,8 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(func=_cmd_push)
 
     baseline = sub.add_parser("train-baseline", help="train a baseline defence of the paper's Table 2")
-    baseline.add_argument("defense", choices=["magnet", "adv-training"],
-                          help="magnet: MagNet's reformer; adv-training: a classifier trained on its own FGSM images")
+    baseline.add_argument("defense", choices=["magnet", "defense-gan", "adv-training"],
+                          help="magnet: MagNet's reformer; defense-gan: Defense-GAN's WGAN-GP generator; adv-training: a "
+                               "classifier trained on its own FGSM images")
     baseline.add_argument("--out", required=True)
     baseline.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     baseline.add_argument("--arch", default="A", choices=["A", "B", "C", "D", "source", "cw"], help="adv-training only")
@@ -373,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--eps", type=float, default=0.3, help="adv-training: FGSM budget")
     baseline.add_argument("--clean-weight", type=float, default=0.5, help="adv-training: weight of the clean loss")
     baseline.add_argument("--noise", type=float, default=0.1, help="magnet: training noise (standard deviation)")
+    baseline.add_argument("--generator-steps", type=int, default=20000,
+                          help="defense-gan: generator updates (Defense-GAN trains 200,000)")
+    baseline.add_argument("--checkpoint-dir", default=None, help="defense-gan: checkpoints every 1,000 steps; resumes")
+    baseline.add_argument("--val-images", type=int, default=64,
+                          help="defense-gan: validation images projected (L = 200, R = 20: seconds per image on a CPU)")
     baseline.add_argument("--seed", type=int, default=0)
     baseline.add_argument("--device", default=None)
     baseline.add_argument("--data-root", default=None)

@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ._checks import check_images
+from .checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from .config import PuVAEConfig
 from .data import ImageDataset
 from .losses import PuVAEObjective
@@ -39,8 +39,6 @@ from .serialization import WEIGHTS_NAME, sha256_of, weights_fingerprint
 __all__ = ["EpochStats", "TrainConfig", "evaluate_purifier", "fit", "latent_spread"]
 
 logger = logging.getLogger(__name__)
-_CHECKPOINT_PREFIX = "checkpoint-"
-_KEEP_CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
@@ -303,10 +301,6 @@ def latent_spread(vae: PuVAE, data: ImageDataset, limit: int = 1000) -> dict[str
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _checkpoints(directory: Path) -> list[Path]:
-    return sorted(directory.glob(f"{_CHECKPOINT_PREFIX}*.safetensors"))
-
-
 def _save_checkpoint(
     directory: Path,
     vae: PuVAE,
@@ -318,47 +312,21 @@ def _save_checkpoint(
     history: list[EpochStats],
     origin: dict[str, str] | None = None,
 ) -> Path:
-    """Write model, optimizer, progress and RNG state atomically (temporary file + os.replace)."""
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, state in opt_state["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    metadata = {
-        "format": "puvae-defense-checkpoint-1",
+    """Model, optimizer, RNG state and progress after ``epoch`` (see :mod:`.checkpoints`)."""
+    return save_checkpoint(directory, epoch, {"model": vae}, {"optimizer": optimizer}, {
         "epoch": str(epoch),
         "step": str(step),
         "recipe": json.dumps(dataclasses.asdict(recipe)),
         "puvae_config": json.dumps(vae.config.to_dict()),
-        "param_groups": json.dumps(opt_state["param_groups"]),
-        "optimizer_scalars": json.dumps(scalars),
         "history": json.dumps([h.to_dict() for h in history]),
         "init": json.dumps(origin),
-    }
-    path = directory / f"{_CHECKPOINT_PREFIX}{epoch:04d}.safetensors"
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    for old in _checkpoints(directory)[:-_KEEP_CHECKPOINTS]:
-        old.unlink()
-    return path
+    })
 
 
 def _load_checkpoint(
     path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, recipe: TrainConfig, origin: dict[str, str] | None = None
 ) -> tuple[int, int, list[EpochStats]]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
+    metadata = read_metadata(path)
     saved = json.loads(metadata["recipe"])
     current = dataclasses.asdict(recipe)
     differ = sorted(k for k in current if k != "epochs" and saved.get(k) != current[k])
@@ -373,20 +341,7 @@ def _load_checkpoint(
             f"{path.parent} holds a run that started from {saved_origin or 'random weights'}, not from "
             f"{origin or 'random weights'}; resume with the same init or use another checkpoint_dir"
         )
-    tensors = load_file(str(path))
-    vae.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in json.loads(metadata["optimizer_scalars"]).items():
-        state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-    if cuda_states:
-        torch.cuda.set_rng_state_all(cuda_states)
+    load_checkpoint(path, {"model": vae}, {"optimizer": optimizer})
     history = [EpochStats(**h) for h in json.loads(metadata["history"])]
     return int(metadata["epoch"]), int(metadata["step"]), history
 
@@ -518,7 +473,7 @@ def fit(
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        existing = _checkpoints(directory)
+        existing = checkpoints(directory)
         if existing:
             start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe, origin)
             logger.info("resuming from %s (epoch %d)", existing[-1], start_epoch)

@@ -108,20 +108,23 @@ def test_adversarial_training_runs_and_differs_from_plain_training() -> None:
     assert not torch.equal(robust[0].weight, plain[0].weight)
 
 
-@pytest.mark.parametrize("defense", ["magnet", "adv-training"])
+@pytest.mark.parametrize("defense", ["magnet", "adv-training", "defense-gan"])
 def test_train_baseline_command(defense: str, tmp_path, monkeypatch, capsys) -> None:
     import json
 
     from puvae_defense import data
+    from puvae_defense.baselines import DefenseGAN
     from puvae_defense.classifiers import PaperClassifier
     from puvae_defense.cli import main
 
-    monkeypatch.setattr(data, "load_dataset", lambda name, split, root=None: synthetic_dataset(32))
+    monkeypatch.setattr(data, "load_dataset", lambda name, split, root=None: synthetic_dataset(100))
     out = tmp_path / defense
-    assert main(["train-baseline", defense, "--out", str(out), "--epochs", "1", "--arch", "source", "--device", "cpu"]) == 0
+    assert main(["train-baseline", defense, "--out", str(out), "--epochs", "1", "--arch", "source", "--device", "cpu",
+                 "--generator-steps", "2", "--checkpoint-dir", str(tmp_path / "ckpt"), "--val-images", "1"]) == 0
     metadata = json.loads((out / "config.json").read_text())["metadata"]
     assert metadata["training"]["defense"] == defense
-    loaded = MagNetReformer.from_pretrained(out) if defense == "magnet" else PaperClassifier.from_pretrained(out)
+    kind = {"magnet": MagNetReformer, "adv-training": PaperClassifier, "defense-gan": DefenseGAN}[defense]
+    loaded = kind.from_pretrained(out)
     assert loaded(torch.rand(2, 1, 28, 28)).shape[0] == 2
     assert defense in capsys.readouterr().out
 
@@ -181,6 +184,25 @@ def test_defense_gan_training_runs() -> None:
         fit_defense_gan(synthetic_dataset(4), generator_steps=1, batch_size=8, progress=False)
     with pytest.raises(ValueError, match="28, 28"):
         DefenseGANConfig(image_shape=(3, 32, 32))
+
+
+def test_defense_gan_training_resumes_where_an_uninterrupted_run_goes(tmp_path) -> None:
+    from puvae_defense.baselines import DefenseGANConfig, fit_defense_gan
+
+    data = synthetic_dataset(20)  # 2 batches of 8 per pass: the order is reshuffled across passes
+    common = {"config": DefenseGANConfig(latent_dim=8, width=4), "critic_steps": 2, "batch_size": 8, "progress": False,
+              "checkpoint_every": 2}
+    straight = fit_defense_gan(data, generator_steps=5, checkpoint_dir=tmp_path / "a", **common)
+    fit_defense_gan(data, generator_steps=2, checkpoint_dir=tmp_path / "b", **common)  # "interrupted" after 2 steps
+    resumed = fit_defense_gan(data, generator_steps=5, checkpoint_dir=tmp_path / "b", **common)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["checkpoint-000004.safetensors",
+                                                                  "checkpoint-000005.safetensors"]
+    with pytest.raises(ValueError, match="other settings"):
+        fit_defense_gan(data, generator_steps=6, checkpoint_dir=tmp_path / "b", **{**common, "critic_steps": 3})
+    with pytest.raises(ValueError, match="more than the 3 asked for"):
+        fit_defense_gan(data, generator_steps=3, checkpoint_dir=tmp_path / "b", **common)
 
 
 def test_load_purifier_dispatches_on_the_folder(tmp_path, tiny_vae) -> None:

@@ -134,7 +134,7 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch) -> None:
     data, val = synthetic_dataset(96), synthetic_dataset(32, seed=1)
     _interrupted_in_second_epoch(monkeypatch, data, val_dataset=val, checkpoint_dir=tmp_path / "a", lambda_proj=1.0)
     saved = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert saved == ["checkpoint-0001.safetensors"]  # written atomically: no .tmp left behind
+    assert saved == ["checkpoint-000001.safetensors"]  # written atomically: no .tmp left behind
     assert "rng.cpu" in load_file(tmp_path / "a" / saved[0])
     resumed = _fit(data, tiny_source(), val_dataset=val, checkpoint_dir=tmp_path / "a", lambda_proj=1.0)
     straight = _fit(data, tiny_source(), val_dataset=val, checkpoint_dir=tmp_path / "b", lambda_proj=1.0)
@@ -165,7 +165,7 @@ def test_distributed_training_with_two_gloo_processes(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # DDP kept the replicas in sync
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-0001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-000001.safetensors"]
     assert (tmp_path / "world").read_text() == "2"
 
 

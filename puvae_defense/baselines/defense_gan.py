@@ -16,15 +16,19 @@ conv5x5/2(256) - LReLU - FC(1)``.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from ..checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
 
@@ -160,11 +164,32 @@ class Critic(nn.Module):
         return self.net(images).squeeze(1)
 
 
-def _gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+def _gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=noise).to(real.device)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+class _Batches:
+    """Critic batch ``k`` of a seeded shuffle per pass over the data: the same batches whether
+    training runs straight through or resumes from a checkpoint."""
+
+    def __init__(self, dataset: Dataset[Any], batch_size: int, seed: int) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.per_epoch = len(dataset) // batch_size  # type: ignore[arg-type]
+        if self.per_epoch == 0:
+            raise ValueError(f"dataset has fewer than batch_size={batch_size} images")
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, k: int) -> torch.Tensor:
+        epoch, position = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(  # type: ignore[arg-type]
+                self.seed * 1_000_003 + epoch))
+        rows = self._order[position * self.batch_size : (position + 1) * self.batch_size]
+        return torch.stack([self.dataset[int(i)][0] for i in rows])
 
 
 def fit_defense_gan(
@@ -179,6 +204,8 @@ def fit_defense_gan(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 1000,
 ) -> DefenseGAN:
     """Train the generator with the WGAN-GP objective (Gulrajani et al., 2017; labels are ignored).
 
@@ -190,52 +217,64 @@ def fit_defense_gan(
         batch_size: images per critic update (Defense-GAN: 50).
         lr: Adam learning rate, betas (0.5, 0.9), for both networks.
         penalty: gradient-penalty weight (10).
-        seed: seeds initialisation, data order and noise.
+        seed: seeds initialisation, data order and noise (each step draws from its own
+            seeded generator, so a resumed run is the run that was not interrupted).
         device: where to train (default CPU).
         progress: show a tqdm bar.
+        checkpoint_dir: write a checkpoint every ``checkpoint_every`` generator steps and at
+            the end, and resume from the latest one (its settings must match, except
+            ``generator_steps``, which may grow).
+        checkpoint_every: generator steps between checkpoints.
 
     Returns:
         The trained :class:`DefenseGAN` in eval mode.
     """
     from tqdm.auto import tqdm
 
-    if generator_steps < 1 or critic_steps < 1 or batch_size < 2:
-        raise ValueError("generator_steps and critic_steps must be >= 1 and batch_size >= 2")
+    if generator_steps < 1 or critic_steps < 1 or batch_size < 2 or checkpoint_every < 1:
+        raise ValueError("generator_steps, critic_steps and checkpoint_every must be >= 1 and batch_size >= 2")
     image, _ = dataset[0]
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ValueError(f"dataset items must be (image tensor (C, H, W), label), got {type(image).__name__}")
     config = config or DefenseGANConfig(image_shape=tuple(image.shape))  # type: ignore[arg-type]
     device = torch.device(device or "cpu")
+    batches = _Batches(dataset, batch_size, seed)
     torch.manual_seed(seed)
     gan = DefenseGAN(config).to(device).train()
     critic = Critic(config.image_shape[0], config.width).to(device)
     opt_g = torch.optim.Adam(gan.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(seed))
-    if len(loader) == 0:
-        raise ValueError(f"dataset has fewer than batch_size={batch_size} images")
-
-    def batches():
-        while True:
-            yield from loader
-
-    real_batches = batches()
-    bar = tqdm(range(generator_steps), desc="Defense-GAN (WGAN-GP)", disable=not progress)
-    for _ in bar:
-        for _ in range(critic_steps):
-            real = next(real_batches)[0].to(device)
+    modules, optimizers = {"generator": gan, "critic": critic}, {"generator_adam": opt_g, "critic_adam": opt_c}
+    settings = json.dumps({"config": gan._config_dict(), "critic_steps": critic_steps, "batch_size": batch_size, "lr": lr,
+                           "penalty": penalty, "seed": seed, "images": len(dataset)})  # type: ignore[arg-type]
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    start = 0
+    if directory is not None and checkpoints(directory):
+        latest = checkpoints(directory)[-1]
+        if read_metadata(latest).get("settings") != settings:
+            raise ValueError(f"{directory} holds a Defense-GAN run with other settings; resume with the same settings "
+                             "or use another checkpoint_dir")
+        start = int(load_checkpoint(latest, modules, optimizers)["step"])
+        if start > generator_steps:
+            raise ValueError(f"{directory} holds a run of {start} generator steps, more than the {generator_steps} asked for")
+    bar = tqdm(range(start, generator_steps), desc="Defense-GAN (WGAN-GP)", disable=not progress)
+    for step in bar:
+        noise = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        for j in range(critic_steps):
+            real = batches(step * critic_steps + j).to(device)
             with torch.no_grad():
-                fake = gan.generate(torch.randn(real.shape[0], config.latent_dim, device=device))
-            loss_c = critic(fake).mean() - critic(real).mean() + penalty * _gradient_penalty(critic, real, fake)
+                fake = gan.generate(torch.randn(real.shape[0], config.latent_dim, generator=noise).to(device))
+            loss_c = critic(fake).mean() - critic(real).mean() + penalty * _gradient_penalty(critic, real, fake, noise)
             opt_c.zero_grad(set_to_none=True)
             loss_c.backward()
             opt_c.step()
-        loss_g = -critic(gan.generate(torch.randn(batch_size, config.latent_dim, device=device))).mean()
+        loss_g = -critic(gan.generate(torch.randn(batch_size, config.latent_dim, generator=noise).to(device))).mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        if not math.isfinite(loss_g.item()):
+            raise FloatingPointError(f"Defense-GAN training diverged at generator step {step + 1}")
         bar.set_postfix(critic=f"{loss_c.item():.3f}", generator=f"{loss_g.item():.3f}")
-    if not math.isfinite(loss_g.item()):
-        raise FloatingPointError("Defense-GAN training diverged")
+        if directory is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == generator_steps):
+            save_checkpoint(directory, step + 1, modules, optimizers, {"step": str(step + 1), "settings": settings})
     return gan.eval()

@@ -1,0 +1,39 @@
+"""The shared checkpoint files (puvae_defense.checkpoints)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from puvae_defense.checkpoints import checkpoints, load_checkpoint, save_checkpoint
+
+
+def test_round_trip_restores_modules_optimizers_and_rng(tmp_path) -> None:
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    torch.manual_seed(5)
+    path = save_checkpoint(tmp_path, 7, {"net": net}, {"adam": opt}, {"note": "x"})
+    expected_draw = torch.rand(1)
+    other = torch.nn.Linear(3, 2)
+    other_opt = torch.optim.Adam(other.parameters(), lr=0.5)
+    metadata = load_checkpoint(path, {"net": other}, {"adam": other_opt})
+    assert metadata["note"] == "x" and torch.equal(torch.rand(1), expected_draw)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values(), strict=True))
+    assert other_opt.param_groups[0]["lr"] == 0.1 and other_opt.state_dict()["state"][0]["step"] == 1
+    for index in (8, 9):
+        save_checkpoint(tmp_path, index, {"net": net}, {}, {})
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-000008.safetensors", "checkpoint-000009.safetensors"]
+
+
+def test_bad_names_and_foreign_files_are_errors(tmp_path) -> None:
+    net = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="distinct"):
+        save_checkpoint(tmp_path, 1, {"a": net}, {"a": torch.optim.SGD(net.parameters(), lr=0.1)}, {})
+    with pytest.raises(ValueError, match="not 'rng'"):
+        save_checkpoint(tmp_path, 1, {"rng": net}, {}, {})
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "checkpoint-000001.safetensors"), metadata={"format": "old"})
+    with pytest.raises(ValueError, match="written by another version"):
+        load_checkpoint(tmp_path / "checkpoint-000001.safetensors", {"net": net}, {})
