@@ -12,6 +12,10 @@ def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
     return [f"{key}:"] + [f"- {v}" for v in values]
 
 
+_PURIFIER_TAGS = {"puvae": ["variational-autoencoder"], "magnet": ["autoencoder", "magnet"],
+                  "defense-gan": ["gan", "defense-gan"]}
+
+
 def model_card(
     *,
     name: str,
@@ -27,7 +31,7 @@ def model_card(
 
     Args:
         name: registry name (``"puvae-mnist"``).
-        model_type: ``"puvae"`` or ``"classifier"``.
+        model_type: ``"puvae"``, ``"magnet"``, ``"defense-gan"`` (purifiers) or ``"classifier"``.
         dataset: Hub data set id (``"mnist"``).
         description: one paragraph on what the model is.
         metrics: measured values (percentages unless the key says otherwise).
@@ -37,7 +41,7 @@ def model_card(
     """
     from . import __version__
 
-    purifier = model_type == "puvae"
+    purifier = model_type in ("puvae", "magnet", "defense-gan")
     usage = (
         "from puvae_defense import PurifiedClassifier\n"
         f'model = PurifiedClassifier(my_net, "{name}")  # my_net: your classifier, inputs in [0, 1]\n'
@@ -50,7 +54,7 @@ def model_card(
     front = ["---", "library_name: puvae-defense", f"license: {license_id}"]
     front += _yaml_list("datasets", [dataset])
     front += _yaml_list("tags", ["adversarial-robustness", "pytorch", "safetensors"]
-                        + (["purification", "variational-autoencoder"] if purifier else ["image-classification"]))
+                        + (["purification", *_PURIFIER_TAGS[model_type]] if purifier else ["image-classification"]))
     front += _yaml_list("metrics", ["accuracy"])
     if not purifier:
         front.append("pipeline_tag: image-classification")

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from puvae_defense import hub
-from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
-from puvae_defense.config import PuVAEConfig
+from puvae_defense.baselines import DefenseGAN, MagNetReformer
+from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.model import PuVAE
 from puvae_defense.serialization import WEIGHTS_NAME, sha256_of
 
@@ -26,10 +26,8 @@ REGISTRY = ROOT / "puvae_defense" / "registry.json"
 
 
 def _num_params(model_type: str, config: dict) -> int:
-    if model_type == "puvae":
-        model: torch.nn.Module = PuVAE(PuVAEConfig.from_dict(config))
-    else:
-        model = PaperClassifier(ClassifierConfig(**{**config, "image_shape": tuple(config["image_shape"])}))
+    classes = {"puvae": PuVAE, "classifier": PaperClassifier, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
+    model: torch.nn.Module = classes[model_type]._from_config_dict(config)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -20,6 +20,15 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py shipped-0.1.0 --model hub/puvae-mnist   # (at 0.1.0)
     python scripts/recipe_probe.py robust --n 10000
     python scripts/recipe_probe.py robust-fixed-eps '{"noise_amplitude": "fixed"}' --n 10000
+    python scripts/recipe_probe.py shipped-robust-3ep --model hub/puvae-mnist   # (the shipped model, for scale)
+    python scripts/recipe_probe.py robust-pgd5 '{"noise_kind": "pgd", "noise_steps": 5}' --n 10000
+    python scripts/recipe_probe.py robust-proj300 '{"lambda_proj": 300.0}' --n 10000
+    python scripts/recipe_probe.py robust-scale30 '{"proj_scale": 30.0}' --n 10000
+    python scripts/recipe_probe.py robust-scale300 '{"proj_scale": 300.0}' --n 10000
+    python scripts/recipe_probe.py robust-frac75 '{"noise_fraction": 0.75}' --n 10000
+    python scripts/recipe_probe.py robust-seed1 '{"seed": 1}' --n 10000
+
+The JSON options come right after the name (argparse reads them as the second positional).
 """
 
 from __future__ import annotations

@@ -256,3 +256,15 @@ def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) 
         main(["evaluate", "--defenses", "puvae=none", "puvae=none", "--name", "x", *common])
     with pytest.raises(SystemExit, match="--adv-classifiers names"):
         main(["evaluate", "--defenses", "adv-training", "--adv-classifiers", f"B={tmp_path / 'adv'}", "--name", "x", *common])
+
+
+def test_model_cards_of_baseline_purifiers_show_the_purifier_usage() -> None:
+    from puvae_defense.model_card import model_card
+
+    card = model_card(name="magnet-mnist", model_type="magnet", dataset="mnist", description="MagNet.",
+                      metrics={"test_accuracy_A_through": 98.0}, training={"epochs": 100})
+    assert 'PurifiedClassifier(my_net, "magnet-mnist")' in card and "- magnet" in card
+    assert "pipeline_tag" not in card and "variational-autoencoder" not in card
+    gan = model_card(name="defense-gan-mnist", model_type="defense-gan", dataset="mnist", description="GAN.",
+                     metrics={}, training={})
+    assert "- defense-gan" in gan and "PurifiedClassifier" in gan
