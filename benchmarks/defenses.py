@@ -1,11 +1,23 @@
-"""Table 5 of the paper: seconds to purify 128 MNIST images, PuVAE against Defense-GAN and MagNet.
+"""Tables 5 and 6 and Figure 5 of the paper: what each purifier costs, and what it buys within a time budget.
 
-All three purifiers run in one process on the same 128 test images (the paper-size networks;
-timing does not depend on the weights, so untrained baselines are timed when no trained
-ones are given). Also the time budget of Table 6: 8.8x PuVAE's time (the paper's 1 s on a
-TITAN V against PuVAE's 0.114 s), and the largest Defense-GAN L x R that fits it.
+- **Table 5**: median seconds to purify 128 MNIST test images, PuVAE against Defense-GAN
+  (L = 200, R = 20) and MagNet, in one process on the same images (the paper-size
+  networks; timing does not depend on the weights, so untrained baselines are timed when no
+  trained ones are given).
+- **Table 6 / Figure 5** (``--images N``): accuracy of classifier A behind each purifier on
+  the first N test images, clean and under the paper's gray-box attacks, at every operating
+  point: PuVAE and MagNet have one each, Defense-GAN one per (L, R) of ``--grid``, each timed
+  on the same 128 images. The paper's budget is 1 s on a TITAN V, 8.8x PuVAE's own 0.114 s
+  there; Table 6 takes the same multiple of PuVAE's time here and gives Defense-GAN the
+  largest grid setting that fits it. ``--figure`` plots accuracy against time (needs the
+  ``eval`` extra). Accuracy needs trained baselines (``--magnet``, ``--defense-gan``).
 
-    python benchmarks/defenses.py [--repeats 3] [--steps 200] [--restarts 20] [--out docs/results/benchmark_defenses_cpu.json]
+    python benchmarks/defenses.py [--repeats 3] [--magnet magnet-mnist] [--defense-gan defense-gan-mnist]
+        [--images 100 --cache runs/adv_cache --figure docs/time_budget.png]
+        [--out docs/results/benchmark_defenses_cpu.json]
+
+Defense-GAN at L = 200, R = 20 takes seconds per image on a CPU: on a CPU keep ``--images``
+small and say so; the full grid on 500+ images is a GPU job.
 """
 
 from __future__ import annotations
@@ -16,20 +28,26 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from puvae_defense import PuVAE
+from puvae_defense import PuVAE, PurifiedClassifier
 from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, MagNetReformer, load_purifier
+from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
+from puvae_defense.evaluation import AttackCache, EvalSettings, evaluate
 
 #: The paper's budget over PuVAE's time (1 s / 0.114 s on a TITAN V).
 BUDGET_MULTIPLE = 1.0 / 0.114
+#: Defense-GAN (L, R) operating points, cheapest first; the last is the paper's setting.
+GRID = ((10, 1), (25, 2), (50, 5), (100, 10), (200, 20))
 
 
 def seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
+    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -38,42 +56,108 @@ def seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def with_search(gan: DefenseGAN, steps: int, restarts: int) -> DefenseGAN:
+    """The same generator with another L x R search."""
+    other = DefenseGAN(replace(gan.config, steps=steps, restarts=restarts)).eval()
+    other.load_state_dict(gan.state_dict())
+    return other
+
+
+def label(steps: int, restarts: int) -> str:
+    return f"defense-gan L{steps} R{restarts}"
+
+
+def figure(points: list[dict], budget: float, batch: int, path: Path) -> None:
+    """Accuracy against seconds per ``batch`` images, one panel per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = list(points[0]["accuracy"])
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), sharey=True)
+    for ax, attack in zip([axes] if len(attacks) == 1 else axes, attacks, strict=True):
+        gan = [p for p in points if p["defense"] == "defense-gan"]
+        ax.plot([p["seconds"] for p in gan], [p["accuracy"][attack] for p in gan], "o-", label="Defense-GAN (L x R grid)")
+        for p in points:
+            if p["defense"] != "defense-gan":
+                ax.plot(p["seconds"], p["accuracy"][attack], "s", label={"puvae": "PuVAE", "magnet": "MagNet"}[p["defense"]])
+        ax.axvline(budget, color="grey", linestyle="--", label="budget (8.8x PuVAE)")
+        ax.set_xscale("log")
+        ax.set_title(attack)
+        ax.set_xlabel(f"seconds per {batch} images")
+    (axes if len(attacks) == 1 else axes[0]).set_ylabel("accuracy of A (%)")
+    (axes if len(attacks) == 1 else axes[-1]).legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=200, help="Defense-GAN's L")
-    parser.add_argument("--restarts", type=int, default=20, help="Defense-GAN's R")
+    parser.add_argument("--puvae", default="puvae-mnist")
     parser.add_argument("--magnet", default=None, help="trained MagNet folder or name (default: untrained)")
     parser.add_argument("--defense-gan", default=None, help="trained Defense-GAN folder or name (default: untrained)")
+    parser.add_argument("--grid", default=",".join(f"{s}x{r}" for s, r in GRID),
+                        help="Defense-GAN operating points LxR, comma-separated (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=0,
+                        help="test images for Table 6 / Figure 5 (0: timing only; multiples of 500 reuse --cache)")
+    parser.add_argument("--classifier", default="mnist-classifier-a")
+    parser.add_argument("--cache", default=None, help="gray-box examples of `puvae-defense evaluate --cache`")
+    parser.add_argument("--figure", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/results/benchmark_defenses_cpu.json"))
     args = parser.parse_args()
+    grid = [tuple(int(v) for v in item.split("x")) for item in args.grid.split(",")]
+    if args.images and not (args.magnet and args.defense_gan):
+        raise SystemExit("--images measures accuracy: give trained --magnet and --defense-gan")
     torch.manual_seed(0)
-    images = load_dataset("mnist", "test").images[:args.batch]
-    puvae = PuVAE.from_pretrained("puvae-mnist")
+    test = load_dataset("mnist", "test")
+    images = test.images[:args.batch]
+    puvae = PuVAE.from_pretrained(args.puvae)
     magnet = load_purifier(args.magnet) if args.magnet else MagNetReformer().eval()
     gan = load_purifier(args.defense_gan) if args.defense_gan else DefenseGAN(DefenseGANConfig()).eval()
     with torch.no_grad():
-        times = {
-            "puvae": seconds(lambda: puvae.project(images, 0.1), args.repeats),
-            "magnet": seconds(lambda: magnet.purify(images), args.repeats),
-            "defense_gan": seconds(lambda: gan.project(images, steps=args.steps, restarts=args.restarts), 1),
-        }
-        budget = BUDGET_MULTIPLE * times["puvae"]
-        per_code_step = times["defense_gan"] / (args.steps * args.restarts)
-        fits = [(steps, restarts) for steps in (10, 25, 50, 100, 200) for restarts in (1, 2, 5, 10, 20)
-                if steps * restarts * per_code_step <= budget]
-        steps, restarts = max(fits, key=lambda lr: (lr[0] * lr[1], lr[0])) if fits else (1, 1)
-        within = seconds(lambda: gan.project(images, steps=steps, restarts=restarts), 1)
+        times = {"puvae": seconds(lambda: puvae.project(images, 0.1), args.repeats),
+                 "magnet": seconds(lambda: magnet.purify(images), args.repeats)}
+        searches = {(s, r): with_search(gan, s, r) for s, r in grid}
+        grid_times = {(s, r): seconds(lambda g=g: g.purify(images), 1) for (s, r), g in searches.items()}
+    budget = BUDGET_MULTIPLE * times["puvae"]
+    within = [(s, r) for (s, r), t in grid_times.items() if t <= budget]
+    chosen = max(within, key=lambda lr: lr[0] * lr[1]) if within else None
     report = {
         "command": "python " + " ".join(sys.argv), "device": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
-        "seconds": times, "defense_gan_settings": {"steps": args.steps, "restarts": args.restarts},
-        "ratio_defense_gan_over_puvae": times["defense_gan"] / times["puvae"],
+        "table5_seconds": {**times, "defense_gan_L200_R20": grid_times.get((200, 20))},
         "paper_table5": {"puvae": 0.11, "defense_gan": 14.80, "ratio": 134.55, "hardware": "TITAN V"},
-        "table6_budget_seconds": budget, "table6_defense_gan": {"steps": steps, "restarts": restarts, "seconds": within},
-        "weights": {"magnet": args.magnet or "untrained (timing only)", "defense_gan": args.defense_gan or "untrained (timing only)"},
+        "defense_gan_grid_seconds": {f"{s}x{r}": t for (s, r), t in grid_times.items()},
+        "table6_budget_seconds": budget,
+        "table6_defense_gan": None if chosen is None else {"steps": chosen[0], "restarts": chosen[1],
+                                                           "seconds": grid_times[chosen]},
+        "weights": {"puvae": args.puvae, "magnet": args.magnet or "untrained (timing only)",
+                    "defense_gan": args.defense_gan or "untrained (timing only)"},
     }
+    if (200, 20) in grid_times:
+        report["ratio_defense_gan_over_puvae"] = grid_times[(200, 20)] / times["puvae"]
+    if args.images:
+        net = PaperClassifier.from_pretrained(args.classifier).eval()
+        purifiers = {"puvae": puvae, "magnet": magnet, **{label(s, r): g for (s, r), g in searches.items()}}
+        defenses = {name: {"A": PurifiedClassifier(net, p)} for name, p in purifiers.items()}
+        settings = EvalSettings(adaptive=(), limit=args.images, batch_size=500)  # the batches of Table 2's cache
+        result = evaluate({"A": net}, defenses, test, settings, cache=AttackCache(args.cache) if args.cache else None,
+                          progress=False)["classifiers"]["A"]
+        seconds_of = {"puvae": times["puvae"], "magnet": times["magnet"],
+                      **{label(s, r): t for (s, r), t in grid_times.items()}}
+        points = [{"defense": name.split(" ")[0], "setting": name, "seconds": seconds_of[name],
+                   "accuracy": {"clean": result["clean_through"][name],
+                                **{a: cell[name] for a, cell in result["gray_box"].items()}}}
+                  for name in purifiers]
+        report["table6"] = {"classifier": args.classifier, "images": args.images, "points": points}
+        if args.figure:
+            figure(points, budget, args.batch, args.figure)
+            report["figure"] = str(args.figure)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
