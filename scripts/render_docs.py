@@ -42,17 +42,27 @@ def models_table() -> str:
     return "\n".join(lines)
 
 
-def _fingerprints(report: dict) -> dict[str, str | None]:
-    """Defense label -> the weights it was measured with."""
-    return {label: source.get("fingerprint") for label, source in report["meta"]["defense_sources"].items()}
+def _weights(report: dict) -> dict[tuple[str, str], str | None]:
+    """(defense label, "purifier" or a classifier name) -> fingerprint of the weights it was measured with
+    (a defense that brings its own classifiers, adversarial training, records theirs)."""
+    weights: dict[tuple[str, str], str | None] = {}
+    for label, source in report["meta"]["defense_sources"].items():
+        weights[(label, "purifier")] = source.get("fingerprint")
+        weights.update({(label, name): fp for name, fp in source.get("classifier_fingerprints", {}).items()})
+    return weights
 
 
-def _matches(report: dict, fingerprints: dict[str, str | None]) -> dict[str, bool]:
+def _matches(report: dict, weights: dict[tuple[str, str], str | None]) -> dict[str, bool]:
     """Which of the report's defenses were measured on the weights of Table 2's same-named defense."""
-    return {label: fingerprints.get(label) == fp for label, fp in _fingerprints(report).items()}
+    same: dict[str, bool] = {}
+    for (label, part), fp in _weights(report).items():
+        known = (label, part) in weights
+        ok = weights.get((label, part)) == fp if known else part != "purifier"
+        same[label] = same.get(label, True) and ok
+    return same
 
 
-def adaptive_table(reports: list[dict], fingerprints: dict[str, str | None]) -> str:
+def adaptive_table(reports: list[dict], weights: dict[tuple[str, str], str | None]) -> str:
     """One table from several adaptive-attack reports (rows: classifier and defense; columns:
     attacks), keeping only defenses measured on Table 2's weights.
 
@@ -60,7 +70,7 @@ def adaptive_table(reports: list[dict], fingerprints: dict[str, str | None]) -> 
     """
     cells: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
     for report in reports:
-        same = _matches(report, fingerprints)
+        same = _matches(report, weights)
         for name, result in report["classifiers"].items():
             for label, row in result["adaptive"].items():
                 if same.get(label):
@@ -85,14 +95,16 @@ def merge_table2(reports: list[dict]) -> dict:
     A defense must have the same weights in every report, and the cells two reports share
     (clean and undefended accuracy on the same classifier and images) must agree.
     """
-    fingerprints: dict[str, str | None] = {}
+    weights: dict[tuple[str, str], str | None] = {}
     classifiers: dict[str, dict] = {}
     sources: dict[str, dict] = {}
     for report in reports:
-        for label, fp in _fingerprints(report).items():
-            if fingerprints.setdefault(label, fp) != fp:
-                raise SystemExit(f"Table 2 reports with different {label!r} weights in {RESULTS}: rerun them on one")
-        sources.update(report["meta"]["defense_sources"])
+        for key, fp in _weights(report).items():
+            if weights.setdefault(key, fp) != fp:
+                raise SystemExit(f"Table 2 reports with different {key[0]!r} weights in {RESULTS}: rerun them on one")
+        for label, source in report["meta"]["defense_sources"].items():
+            merged_source = sources.setdefault(label, {**source, "classifier_fingerprints": {}})
+            merged_source["classifier_fingerprints"].update(source.get("classifier_fingerprints", {}))
         for name, result in report["classifiers"].items():
             merged = classifiers.setdefault(name, {**result, "clean_through": {}, "gray_box": {}, "adaptive": {}})
             if (merged["n"], merged["clean_accuracy"]) != (result["n"], result["clean_accuracy"]):
@@ -123,8 +135,8 @@ def headline() -> str:
         results_markdown(table2).strip(),
     ]
     # Only defenses measured on the same weights as in Table 2 belong in its tables.
-    fingerprints = _fingerprints(table2)
-    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None and any(_matches(r, fingerprints).values())]
+    weights = _weights(table2)
+    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None and any(_matches(r, weights).values())]
     if not adaptive:
         lines += ["", "Adaptive white-box attacks (PGD through the purifier, BPDA, EOT, PGD on the purifier's "
                   "distances) have not been run on this purifier yet; the commands are in docs/evaluation.md, and "
@@ -139,11 +151,11 @@ def headline() -> str:
             f"draws per step), robust accuracy on the first n test images, {adaptive[0]['meta']['device']}: {runs}. "
             "The paper reports none of these; a dash is a cell we did not run.",
             "",
-            adaptive_table(adaptive, fingerprints),
+            adaptive_table(adaptive, weights),
         ]
     for name in sorted(p.name for p in RESULTS.glob("autoattack_mnist_*.json")):
         aa = _load(name)
-        if aa is None or aa.get("purifier_fingerprint") != fingerprints.get("puvae"):
+        if aa is None or aa.get("purifier_fingerprint") != weights.get(("puvae", "purifier")):
             continue
         s_low, s_high = aa["square_alone_wilson95"]
         square = (f"Square alone (gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "
@@ -299,6 +311,49 @@ def _replace(path: Path, name: str, body: str) -> None:
     path.write_text(pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text))
 
 
+def defenses_speed() -> str:
+    """Table 5 (and Table 6 / Figure 5 when measured) from benchmarks/defenses.py."""
+    bench = _load("benchmark_defenses_cpu.json")
+    if bench is None:
+        return "_Run `python benchmarks/defenses.py`._"
+    t5 = bench["table5_seconds"]
+    paper = bench["paper_table5"]
+    weights = bench["weights"]
+    lines = [
+        f"`{bench['command']}` ({bench['device']}, {bench['threads']} threads, torch {bench['torch']}), seconds to "
+        f"purify the same {bench['batch']} MNIST test images, median of repeats (Defense-GAN once per setting):",
+        "",
+        "| purifier | seconds (ours, CPU) | paper (TITAN V) |",
+        "|---|---|---|",
+        f"| PuVAE (`{weights['puvae']}`) | {t5['puvae']:.3f} | {paper['puvae']:.2f} |",
+        f"| MagNet (`{weights['magnet']}`) | {t5['magnet']:.4f} | - |",
+    ]
+    if t5.get("defense_gan_L200_R20") is not None:
+        lines.append(f"| Defense-GAN, L = 200, R = 20 (`{weights['defense_gan']}`) | {t5['defense_gan_L200_R20']:.1f} | "
+                     f"{paper['defense_gan']:.2f} |")
+        lines += ["", f"Defense-GAN takes **{bench['ratio_defense_gan_over_puvae']:.0f}x** PuVAE's time here "
+                  f"(the paper: {paper['ratio']:.0f}x on a GPU)."]
+    grid = ", ".join(f"L x R = {k}: {v:.2f} s" for k, v in bench["defense_gan_grid_seconds"].items())
+    chosen = bench["table6_defense_gan"]
+    fits = ("none of the grid fits" if chosen is None else
+            f"the largest grid setting within it is L = {chosen['steps']}, R = {chosen['restarts']} ({chosen['seconds']:.2f} s)")
+    lines += ["", f"Table 6's budget, 8.8x PuVAE's time as in the paper, is {bench['table6_budget_seconds']:.2f} s here; "
+              f"{fits}. Defense-GAN grid: {grid}."]
+    if "table6" in bench:
+        t6 = bench["table6"]
+        attacks = list(t6["points"][0]["accuracy"])
+        lines += ["", f"Accuracy of `{t6['classifier']}` behind each operating point, first {t6['images']} test images:",
+                  "", "| purifier | seconds | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
+        lines += [f"| {p['setting']} | {p['seconds']:.2f} | " + " | ".join(f"{p['accuracy'][a]:.1f}" for a in attacks) + " |"
+                  for p in t6["points"]]
+        if "figure" in bench:
+            lines += ["", f"![accuracy against time]({Path(bench['figure']).relative_to('docs')})"]
+    else:
+        lines += ["", "Table 6 and Figure 5 (accuracy within the budget) need a trained Defense-GAN and have not been "
+                  "measured yet."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     _replace(ROOT / "README.md", "models", models_table())
     _replace(ROOT / "README.md", "results", headline())
@@ -308,7 +363,8 @@ def main() -> None:
     _replace(ROOT / "docs" / "training.md", "finetune", finetune())
     _replace(ROOT / "docs" / "evaluation.md", "results", headline())
     _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
-    print("rendered README.md, docs/evaluation.md and docs/training.md")
+    _replace(ROOT / "docs" / "baselines.md", "defenses", defenses_speed())
+    print("rendered README.md, docs/evaluation.md, docs/training.md and docs/baselines.md")
 
 
 if __name__ == "__main__":
