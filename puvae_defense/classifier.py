@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ._checks import check_images
 from .baselines.base import ImagePurifier
 from .kernels import Backend
 from .model import Projection, PuVAE
@@ -34,6 +35,9 @@ class PurifiedClassifier(nn.Module):
         sigma_eps: noise scale of the projection (paper: 0.1; 0 is deterministic).
         preprocess: applied to the purified images before the classifier, e.g. a
             torchvision ``Normalize`` (inputs stay in [0, 1]; normalization goes here).
+        input_transform: applied to the checked inputs before the purifier, e.g.
+            :class:`~puvae_defense.baselines.BitDepthSqueeze` (Feature Squeezing). It is
+            another defense composed with the purifier: report its results as such.
         max_batch: largest number of (image, class) pairs decoded at once.
         backend: selection kernel backend (``"auto"``, ``"torch"``, ``"triton"``).
         check_num_classes: raise if the classifier's output width differs from the
@@ -53,6 +57,7 @@ class PurifiedClassifier(nn.Module):
         *,
         sigma_eps: float = 0.1,
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         max_batch: int | None = None,
         backend: Backend = "auto",
         check_num_classes: bool = True,
@@ -69,13 +74,15 @@ class PurifiedClassifier(nn.Module):
                 "purifier must be a PuVAE, a baseline ImagePurifier, a weights folder, a registered name or a Hub "
                 f"repo id, got {type(purifier).__name__}"
             )
-        if preprocess is not None and not callable(preprocess):
-            raise TypeError(f"preprocess must be callable, got {type(preprocess).__name__}")
+        for name, transform in (("preprocess", preprocess), ("input_transform", input_transform)):
+            if transform is not None and not callable(transform):
+                raise TypeError(f"{name} must be callable, got {type(transform).__name__}")
         if not isinstance(sigma_eps, (int, float)) or isinstance(sigma_eps, bool) or not sigma_eps >= 0:
             raise ValueError(f"sigma_eps must be a non-negative number, got {sigma_eps!r}")
         self.classifier = classifier
         self.purifier = purifier
         self.preprocess = preprocess
+        self.input_transform = input_transform
         self.sigma_eps = float(sigma_eps)
         self.max_batch = max_batch
         self.backend: Backend = backend
@@ -90,7 +97,11 @@ class PurifiedClassifier(nn.Module):
         """Project ``images`` (``(B, C, H, W)`` in [0, 1]) onto every class; see :meth:`PuVAE.project`.
 
         For a baseline purifier, ``labels`` and ``distances`` of the result are ``None``.
+        With an ``input_transform``, the checked images are transformed first.
         """
+        if self.input_transform is not None:
+            shape = self.purifier.image_shape if isinstance(self.purifier, ImagePurifier) else self.purifier.config.image_shape
+            images = self.input_transform(check_images(images, shape))
         if isinstance(self.purifier, ImagePurifier):
             return Projection(self.purifier.purify(images, generator), None, None)
         return self.purifier.project(

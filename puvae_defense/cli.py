@@ -179,8 +179,10 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
 
 #: Built-in defense labels of ``evaluate --defenses``: label -> default purifier (``{dataset}``
 #: filled in); adversarial training has no purifier and brings its own classifiers.
-BUILTIN_DEFENSES = {"puvae": "puvae-{dataset}", "magnet": "magnet-{dataset}", "defense-gan": "defense-gan-{dataset}",
-                    "adv-training": "none"}
+BUILTIN_DEFENSES = {"puvae": "puvae-{dataset}", "puvae+squeeze": "puvae-{dataset}", "magnet": "magnet-{dataset}",
+                    "defense-gan": "defense-gan-{dataset}", "adv-training": "none"}
+#: A label with this suffix puts 1-bit squeezing (Feature Squeezing) in front of its purifier.
+SQUEEZE_SUFFIX = "+squeeze"
 
 
 def _defense_specs(args: argparse.Namespace) -> dict[str, str]:
@@ -199,7 +201,7 @@ def _defense_specs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _evaluation_inputs(args: argparse.Namespace):
-    from .baselines import load_purifier
+    from .baselines import BitDepthSqueeze, load_purifier
     from .classifier import PurifiedClassifier
     from .data import load_dataset
 
@@ -214,9 +216,11 @@ def _evaluation_inputs(args: argparse.Namespace):
         if adversarial and set(own) != set(classifiers):
             raise SystemExit(f"--adv-classifiers names {sorted(own)}, expected {sorted(classifiers)}")
         defended_nets = {name: _load_classifier(own[name], args.device) for name in classifiers} if adversarial else nets
-        defenses[label] = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps)
+        squeeze = BitDepthSqueeze(1) if label.endswith(SQUEEZE_SUFFIX) else None
+        defenses[label] = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps, input_transform=squeeze)
                            for name, net in defended_nets.items()}
         sources[label] = {"purifier": source, "type": getattr(purifier, "model_type", "none"),
+                          **({"input_transform": repr(squeeze)} if squeeze is not None else {}),
                           **({"classifiers": [f"{n}={own[n]}" for n in classifiers]} if adversarial else {})}
     return purifiers, nets, defenses, sources, load_dataset(args.dataset, "test", root=args.data_root)
 
@@ -334,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--defenses", nargs="+", default=["puvae"], metavar="LABEL[=PURIFIER]",
                     help="defenses measured on the same images in one run: puvae, magnet, defense-gan (the registered "
                          "'<label>-<dataset>' purifier), adv-training (no purifier, classifiers from --adv-classifiers), "
-                         "or LABEL=PURIFIER for a folder, registered name, Hub repo id or 'none' (default: puvae)")
+                         "puvae+squeeze (1-bit squeezing, Feature Squeezing, before puvae), or LABEL=PURIFIER for a "
+                         "folder, registered name, Hub repo id or 'none'; a LABEL ending in +squeeze squeezes first "
+                         "(default: puvae)")
     ev.add_argument("--classifiers", nargs="+", default=["A=mnist-classifier-a", "B=mnist-classifier-b"],
                     metavar="NAME=MODEL")
     ev.add_argument("--adv-classifiers", nargs="+", default=None, metavar="NAME=MODEL",

@@ -54,7 +54,7 @@ __all__ = [
 
 #: Column names of the paper's tables: the defense labels of :func:`evaluate` reports.
 DEFENSE_NAMES: Mapping[str, str] = {"adv-training": "Adv. Tr.", "magnet": "MagNet", "defense-gan": "Defense-GAN",
-                                    "puvae": "PuVAE"}
+                                    "puvae": "PuVAE", "puvae+squeeze": "PuVAE + bit squeezing"}
 
 
 def _paper_rows(values: str) -> dict[str, float]:

@@ -241,15 +241,19 @@ def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) 
               "--adaptive-limit", "4", "--batch-size", "4", "--data-root", str(mnist_root), "--out", str(tmp_path / "out"),
               "--quiet"]
     assert main(["evaluate", "--defenses", f"puvae={tmp_path / 'vae'}", f"magnet={tmp_path / 'magnet'}", "adv-training",
-                 "--adv-classifiers", f"A={tmp_path / 'adv'}", "--name", "all", *common]) == 0
+                 f"puvae+squeeze={tmp_path / 'vae'}", "--adv-classifiers", f"A={tmp_path / 'adv'}", "--name", "all",
+                 *common]) == 0
     report = json.loads((tmp_path / "out" / "all.json").read_text())
     sources = report["meta"]["defense_sources"]
-    assert report["meta"]["defenses"] == ["puvae", "magnet", "adv-training"]
-    assert {k: v["type"] for k, v in sources.items()} == {"puvae": "puvae", "magnet": "magnet", "adv-training": "none"}
+    assert report["meta"]["defenses"] == ["puvae", "magnet", "adv-training", "puvae+squeeze"]
+    assert {k: v["type"] for k, v in sources.items()} == {"puvae": "puvae", "magnet": "magnet", "adv-training": "none",
+                                                          "puvae+squeeze": "puvae"}
+    assert "input_transform" not in sources["puvae"] and "bits=1" in sources["puvae+squeeze"]["input_transform"]
     assert sources["puvae"]["fingerprint"] == weights_fingerprint(tiny_vae)
     assert sources["adv-training"]["classifiers"] == [f"A={tmp_path / 'adv'}"]
-    assert set(report["classifiers"]["A"]["gray_box"]["FGSM"]) == {"no_defense", "puvae", "magnet", "adv-training"}
-    assert "| Classifier | Attack | No Attack | No Defense | Adv. Tr. | MagNet | PuVAE |" in (tmp_path / "out" / "all.md").read_text()
+    assert set(report["classifiers"]["A"]["gray_box"]["FGSM"]) == {"no_defense", "puvae", "magnet", "adv-training",
+                                                                  "puvae+squeeze"}
+    assert "| No Defense | Adv. Tr. | MagNet | PuVAE | PuVAE + bit squeezing |" in (tmp_path / "out" / "all.md").read_text()
     with pytest.raises(SystemExit, match="unknown defense 'magnets'"):
         main(["evaluate", "--defenses", "magnets", "--name", "x", *common])
     with pytest.raises(SystemExit, match="repeated defense"):
@@ -268,3 +272,40 @@ def test_model_cards_of_baseline_purifiers_show_the_purifier_usage() -> None:
     gan = model_card(name="defense-gan-mnist", model_type="defense-gan", dataset="mnist", description="GAN.",
                      metrics={}, training={})
     assert "- defense-gan" in gan and "PurifiedClassifier" in gan
+
+
+def test_bit_depth_squeeze_levels_and_gradients() -> None:
+    from puvae_defense.baselines import BitDepthSqueeze
+
+    x = torch.tensor([0.0, 0.2, 0.49, 0.51, 0.7, 1.0], requires_grad=True)
+    assert BitDepthSqueeze(1)(x).tolist() == [0, 0, 0, 1, 1, 1]
+    assert BitDepthSqueeze(2)(x).detach().mul(3).round().tolist() == [0, 1, 1, 2, 2, 3]  # levels 0, 1/3, 2/3, 1
+    BitDepthSqueeze(1)(x).sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.ones(6))  # straight through
+    x.grad = None
+    BitDepthSqueeze(1, straight_through=False)(x).sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros(6))  # the true gradient of rounding
+    for bad in (0, 9, 1.5, True):
+        with pytest.raises(ValueError, match="bits must be"):
+            BitDepthSqueeze(bad)  # type: ignore[arg-type]
+
+
+def test_input_transform_runs_on_checked_inputs_before_the_purifier(tiny_vae, images: torch.Tensor) -> None:
+    from puvae_defense.baselines import BitDepthSqueeze
+
+    net = _net()
+    squeezed = PurifiedClassifier(net, tiny_vae, sigma_eps=0.0, input_transform=BitDepthSqueeze(1)).eval()
+    plain = PurifiedClassifier(net, tiny_vae, sigma_eps=0.0).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(squeezed(images), plain((images > 0.5).float()))
+        assert torch.equal(squeezed.purify(images).labels, plain.purify((images > 0.5).float()).labels)
+    x = images.clone().requires_grad_(True)
+    squeezed(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # gradient attacks see through the squeezing
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        squeezed(images * 3)  # checked before the transform could hide it
+    with pytest.raises(TypeError, match="input_transform must be callable"):
+        PurifiedClassifier(net, tiny_vae, input_transform=3)  # type: ignore[arg-type]
+    magnet = PurifiedClassifier(net, MagNetReformer().eval(), input_transform=BitDepthSqueeze(1)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(magnet(images), net(magnet.purifier.purify((images > 0.5).float())))

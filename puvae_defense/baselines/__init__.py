@@ -3,6 +3,8 @@
 - :mod:`.adversarial_training`: the classifier trained on FGSM images of itself (Goodfellow et al., 2015).
 - :mod:`.magnet`: MagNet's auto-encoder reformer (Meng and Chen, 2017).
 - :mod:`.defense_gan`: Defense-GAN's projection onto a WGAN generator (Samangouei et al., 2018).
+- :mod:`.feature_squeezing`: bit-depth squeezing (Xu et al., 2018), an input transform to put
+  in front of a purifier (``PurifiedClassifier(..., input_transform=BitDepthSqueeze(1))``).
 
 Purifiers subclass :class:`ImagePurifier` and go into :class:`~puvae_defense.PurifiedClassifier`
 exactly like a PuVAE; adversarial training changes the classifier and needs no purifier.
@@ -19,9 +21,10 @@ import torch
 from .adversarial_training import fgsm_objective, fit_adversarial_classifier
 from .base import ImagePurifier
 from .defense_gan import Critic, DefenseGAN, DefenseGANConfig, fit_defense_gan
+from .feature_squeezing import BitDepthSqueeze
 from .magnet import MagNetConfig, MagNetReformer, fit_magnet
 
-__all__ = ["NoPurifier", "load_purifier", "Critic", "DefenseGAN", "DefenseGANConfig", "ImagePurifier", "MagNetConfig", "MagNetReformer", "fgsm_objective",
+__all__ = ["BitDepthSqueeze", "NoPurifier", "load_purifier", "Critic", "DefenseGAN", "DefenseGANConfig", "ImagePurifier", "MagNetConfig", "MagNetReformer", "fgsm_objective",
            "fit_adversarial_classifier", "fit_defense_gan", "fit_magnet"]
 
 
