@@ -14,7 +14,7 @@
 
     python benchmarks/defenses.py [--repeats 3] [--magnet magnet-mnist] [--defense-gan defense-gan-mnist]
         [--images 100 --cache runs/adv_cache --figure docs/time_budget.png]
-        [--out docs/results/benchmark_defenses_cpu.json]
+        [--device cuda] [--out docs/results/benchmark_defenses_DEVICE.json]
 
 Defense-GAN at L = 200, R = 20 takes seconds per image on a CPU: on a CPU keep ``--images``
 small and say so; the full grid on 500+ images is a GPU job.
@@ -46,19 +46,22 @@ GRID = ((10, 1), (25, 2), (50, 5), (100, 10), (200, 20))
 
 
 def seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call (GPU work waited for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def with_search(gan: DefenseGAN, steps: int, restarts: int) -> DefenseGAN:
     """The same generator with another L x R search."""
-    other = DefenseGAN(replace(gan.config, steps=steps, restarts=restarts)).eval()
+    other = DefenseGAN(replace(gan.config, steps=steps, restarts=restarts)).eval().to(gan.fc.weight.device)
     other.load_state_dict(gan.state_dict())
     return other
 
@@ -98,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--puvae", default="puvae-mnist")
+    parser.add_argument("--puvae", default="puvae-mnist", help="folder or name; 'untrained' times random weights")
     parser.add_argument("--magnet", default=None, help="trained MagNet folder or name (default: untrained)")
     parser.add_argument("--defense-gan", default=None, help="trained Defense-GAN folder or name (default: untrained)")
     parser.add_argument("--grid", default=",".join(f"{s}x{r}" for s, r in GRID),
@@ -108,17 +111,21 @@ def main() -> None:
     parser.add_argument("--classifier", default="mnist-classifier-a")
     parser.add_argument("--cache", default=None, help="gray-box examples of `puvae-defense evaluate --cache`")
     parser.add_argument("--figure", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/benchmark_defenses_cpu.json"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="default docs/results/benchmark_defenses_DEVICE.json")
     args = parser.parse_args()
     grid = [tuple(int(v) for v in item.split("x")) for item in args.grid.split(",")]
-    if args.images and not (args.magnet and args.defense_gan):
-        raise SystemExit("--images measures accuracy: give trained --magnet and --defense-gan")
+    if args.images and not (args.magnet and args.defense_gan) or args.images and args.puvae == "untrained":
+        raise SystemExit("--images measures accuracy: give trained --puvae, --magnet and --defense-gan")
     torch.manual_seed(0)
     test = load_dataset("mnist", "test")
-    images = test.images[:args.batch]
-    puvae = PuVAE.from_pretrained(args.puvae)
-    magnet = load_purifier(args.magnet) if args.magnet else MagNetReformer().eval()
-    gan = load_purifier(args.defense_gan) if args.defense_gan else DefenseGAN(DefenseGANConfig()).eval()
+    device = torch.device(args.device)
+    args.out = args.out or Path(f"docs/results/benchmark_defenses_{device.type}.json")
+    images = test.images[:args.batch].to(device)
+    puvae = PuVAE().eval().to(device) if args.puvae == "untrained" else PuVAE.from_pretrained(args.puvae, device=device)
+    magnet = load_purifier(args.magnet, device=device) if args.magnet else MagNetReformer().eval().to(device)
+    gan = (load_purifier(args.defense_gan, device=device) if args.defense_gan
+           else DefenseGAN(DefenseGANConfig()).eval().to(device))
     with torch.no_grad():
         times = {"puvae": seconds(lambda: puvae.project(images, 0.1), args.repeats),
                  "magnet": seconds(lambda: magnet.purify(images), args.repeats)}
@@ -128,7 +135,8 @@ def main() -> None:
     within = [(s, r) for (s, r), t in grid_times.items() if t <= budget]
     chosen = max(within, key=lambda lr: lr[0] * lr[1]) if within else None
     report = {
-        "command": "python " + " ".join(sys.argv), "device": platform.processor() or platform.machine(),
+        "command": "python " + " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
         "table5_seconds": {**times, "defense_gan_L200_R20": grid_times.get((200, 20))},
         "paper_table5": {"puvae": 0.11, "defense_gan": 14.80, "ratio": 134.55, "hardware": "TITAN V"},
@@ -142,7 +150,7 @@ def main() -> None:
     if (200, 20) in grid_times:
         report["ratio_defense_gan_over_puvae"] = grid_times[(200, 20)] / times["puvae"]
     if args.images:
-        net = PaperClassifier.from_pretrained(args.classifier).eval()
+        net = PaperClassifier.from_pretrained(args.classifier, device=device).eval()
         purifiers = {"puvae": puvae, "magnet": magnet, **{label(s, r): g for (s, r), g in searches.items()}}
         defenses = {name: {"A": PurifiedClassifier(net, p)} for name, p in purifiers.items()}
         settings = EvalSettings(adaptive=(), limit=args.images, batch_size=500)  # the batches of Table 2's cache
