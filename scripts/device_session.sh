@@ -20,8 +20,8 @@ DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-tests bench gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
 if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
-    GAN_STEPS=3; GAN_IMAGES=0
-else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; fi
+    GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1
+else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; fi
 START=$(date +%s)
 mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw" "$WORK/hub"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -69,7 +69,7 @@ fi
 if wants gan && [ "$(left)" -gt 120 ]; then
     stamp "Defense-GAN training, $(left) s left"
     timeout $(( $(left) - 90 )) python3 -m puvae_defense.cli train-baseline defense-gan --device "$DEVICE" \
-        --generator-steps $GAN_STEPS --checkpoint-dir "$WORK/gan-checkpoints" --out "$WORK/hub/defense-gan-mnist" \
+        --generator-steps $GAN_STEPS --val-images $GAN_VAL --checkpoint-dir "$WORK/gan-checkpoints" --out "$WORK/hub/defense-gan-mnist" \
         > "$WORK/logs/train_gan.log" 2>&1
     stamp "train-baseline defense-gan exit $?"
     bundle
