@@ -328,9 +328,11 @@ def defenses_speed() -> str:
         f"| PuVAE (`{weights['puvae']}`) | {t5['puvae']:.3f} | {paper['puvae']:.2f} |",
         f"| MagNet (`{weights['magnet']}`) | {t5['magnet']:.4f} | - |",
     ]
+    timed = bench.get("defense_gan_timed_images", bench["batch"])
+    scaled = "" if timed == bench["batch"] else f" (timed on {timed} images, scaled to {bench['batch']})"
     if t5.get("defense_gan_L200_R20") is not None:
-        lines.append(f"| Defense-GAN, L = 200, R = 20 (`{weights['defense_gan']}`) | {t5['defense_gan_L200_R20']:.1f} | "
-                     f"{paper['defense_gan']:.2f} |")
+        lines.append(f"| Defense-GAN, L = 200, R = 20 (`{weights['defense_gan']}`){scaled} | "
+                     f"{t5['defense_gan_L200_R20']:.1f} | {paper['defense_gan']:.2f} |")
         lines += ["", f"Defense-GAN takes **{bench['ratio_defense_gan_over_puvae']:.0f}x** PuVAE's time here "
                   f"(the paper: {paper['ratio']:.0f}x on a GPU)."]
     grid = ", ".join(f"L x R = {k}: {v:.2f} s" for k, v in bench["defense_gan_grid_seconds"].items())
@@ -338,7 +340,7 @@ def defenses_speed() -> str:
     fits = ("none of the grid fits" if chosen is None else
             f"the largest grid setting within it is L = {chosen['steps']}, R = {chosen['restarts']} ({chosen['seconds']:.2f} s)")
     lines += ["", f"Table 6's budget, 8.8x PuVAE's time as in the paper, is {bench['table6_budget_seconds']:.2f} s here; "
-              f"{fits}. Defense-GAN grid: {grid}."]
+              f"{fits}. Defense-GAN grid{scaled}: {grid}."]
     if "table6" in bench:
         t6 = bench["table6"]
         attacks = list(t6["points"][0]["accuracy"])
