@@ -110,7 +110,10 @@ def test_adversarial_training_runs_and_differs_from_plain_training() -> None:
 
 @pytest.mark.parametrize("defense", ["magnet", "adv-training", "defense-gan"])
 def test_train_baseline_command(defense: str, tmp_path, monkeypatch, capsys) -> None:
+    import functools
     import json
+
+    from puvae_defense.baselines import DefenseGANConfig, defense_gan
 
     from puvae_defense import data
     from puvae_defense.baselines import DefenseGAN
@@ -118,6 +121,8 @@ def test_train_baseline_command(defense: str, tmp_path, monkeypatch, capsys) -> 
     from puvae_defense.cli import main
 
     monkeypatch.setattr(data, "load_dataset", lambda name, split, root=None: synthetic_dataset(100))
+    # Defense-GAN's networks at a small width: the command's wiring is tested here, not the model
+    monkeypatch.setattr(defense_gan, "DefenseGANConfig", functools.partial(DefenseGANConfig, width=4, latent_dim=8))
     out = tmp_path / defense
     assert main(["train-baseline", defense, "--out", str(out), "--epochs", "1", "--arch", "source", "--device", "cpu",
                  "--generator-steps", "2", "--checkpoint-dir", str(tmp_path / "ckpt"), "--val-images", "1"]) == 0
