@@ -10,17 +10,16 @@ import torch
 from huggingface_hub import constants
 
 from puvae_defense import PuVAE, PurifiedClassifier, hub
-from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
-from puvae_defense.config import PuVAEConfig
+from puvae_defense.baselines import DefenseGAN, MagNetReformer
+from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.serialization import sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _build(entry: hub.PretrainedEntry) -> torch.nn.Module:
-    if entry.model_type == "puvae":
-        return PuVAE(PuVAEConfig.from_dict(dict(entry.config)))
-    return PaperClassifier(ClassifierConfig(**{**entry.config, "image_shape": tuple(entry.config["image_shape"])}))
+    classes = {"puvae": PuVAE, "classifier": PaperClassifier, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
+    return classes[entry.model_type]._from_config_dict(dict(entry.config))
 
 
 def test_the_shipped_models_are_registered() -> None:
