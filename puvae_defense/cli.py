@@ -204,14 +204,20 @@ def _evaluation_inputs(args: argparse.Namespace):
     from .baselines import BitDepthSqueeze, load_purifier
     from .classifier import PurifiedClassifier
     from .data import load_dataset
+    from .serialization import weights_fingerprint
 
     classifiers = dict(item.split("=", 1) for item in args.classifiers)
     own = dict(item.split("=", 1) for item in args.adv_classifiers) if args.adv_classifiers else {
         name: f"{args.dataset}-adv-classifier-{name.lower()}" for name in classifiers}
     nets = {name: _load_classifier(path, args.device) for name, path in classifiers.items()}
+    loaded: dict[str, tuple[Any, str]] = {}  # source -> (purifier, fingerprint): puvae and puvae+squeeze share one
     purifiers, defenses, sources = {}, {}, {}
     for label, source in _defense_specs(args).items():
-        purifiers[label] = purifier = load_purifier(source, device=args.device)
+        if source not in loaded:
+            purifier = load_purifier(source, device=args.device)
+            loaded[source] = purifier, weights_fingerprint(purifier)
+        purifier, fingerprint = loaded[source]
+        purifiers[label] = purifier
         adversarial = label == "adv-training"
         if adversarial and set(own) != set(classifiers):
             raise SystemExit(f"--adv-classifiers names {sorted(own)}, expected {sorted(classifiers)}")
@@ -221,7 +227,10 @@ def _evaluation_inputs(args: argparse.Namespace):
                            for name, net in defended_nets.items()}
         sources[label] = {"purifier": source, "type": getattr(purifier, "model_type", "none"),
                           **({"input_transform": repr(squeeze)} if squeeze is not None else {}),
-                          **({"classifiers": [f"{n}={own[n]}" for n in classifiers]} if adversarial else {})}
+                          **({"classifiers": [f"{n}={own[n]}" for n in classifiers]} if adversarial else {}),
+                          "fingerprint": fingerprint,
+                          **({"classifier_fingerprints": {n: weights_fingerprint(net) for n, net in defended_nets.items()}}
+                             if adversarial else {})}
     return purifiers, nets, defenses, sources, load_dataset(args.dataset, "test", root=args.data_root)
 
 
@@ -234,7 +243,7 @@ ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PG
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import AttackCache, EvalSettings, evaluate, results_markdown, weights_fingerprint
+    from .evaluation import AttackCache, EvalSettings, evaluate, results_markdown
 
     # Same seed, same hardware, same numbers: no autotuned or nondeterministic kernels.
     torch.backends.cudnn.benchmark = False
@@ -251,11 +260,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     report = evaluate(nets, defenses, test, settings, cache=cache, progress=not args.quiet)
     report["meta"]["command"] = _command(args)
     report["meta"]["classifiers"] = args.classifiers
-    report["meta"]["defense_sources"] = {
-        label: {**source, "fingerprint": weights_fingerprint(purifiers[label]),
-                **({"classifier_fingerprints": {n: weights_fingerprint(m.classifier) for n, m in defenses[label].items()}}
-                   if "classifiers" in source else {})}
-        for label, source in sources.items()}
+    report["meta"]["defense_sources"] = sources
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
