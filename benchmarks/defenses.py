@@ -27,7 +27,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, MagNetReformer
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.evaluation import AttackCache, EvalSettings, evaluate
+from projection import median_ms  # benchmarks/projection.py, beside this script
 
 #: The paper's budget over PuVAE's time (1 s / 0.114 s on a TITAN V).
 BUDGET_MULTIPLE = 1.0 / 0.114
@@ -45,20 +45,12 @@ BUDGET_MULTIPLE = 1.0 / 0.114
 GRID = ((10, 1), (25, 2), (50, 5), (100, 10), (200, 20))
 
 
-def seconds(fn, repeats: int, *, warmup: bool = True) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call unless
-    ``warmup=False`` (GPU work waited for)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+def seconds(fn, device: torch.device, repeats: int, *, warmup: bool = True) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls (``projection.median_ms``: GPU work waited
+    for), after one warm-up call unless ``warmup=False``."""
     if warmup:
         fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(median_ms(fn, device, repeats)) / 1e3
 
 
 def with_search(gan: DefenseGAN, steps: int, restarts: int) -> DefenseGAN:
@@ -132,15 +124,15 @@ def main() -> None:
     gan = (load_purifier(args.defense_gan, device=device) if args.defense_gan
            else DefenseGAN(DefenseGANConfig()).eval().to(device))
     with torch.no_grad():
-        times = {"puvae": seconds(lambda: puvae.project(images, 0.1), args.repeats),
-                 "magnet": seconds(lambda: magnet.purify(images), args.repeats)}
+        times = {"puvae": seconds(lambda: puvae.project(images, 0.1), device, args.repeats),
+                 "magnet": seconds(lambda: magnet.purify(images), device, args.repeats)}
         searches = {(s, r): with_search(gan, s, r) for s, r in grid}
         # One warm-up for the whole grid (on its cheapest point): a second run of L = 200, R = 20 costs minutes on a CPU.
         gan_images = images[:args.gan_images or args.batch]
         scale = args.batch / gan_images.shape[0]  # the search is batched over images: its time grows linearly with them
         first = min(searches, key=lambda lr: lr[0] * lr[1])
         searches[first].purify(gan_images)
-        grid_times = {(s, r): scale * seconds(lambda g=g: g.purify(gan_images), 1, warmup=False)
+        grid_times = {(s, r): scale * seconds(lambda g=g: g.purify(gan_images), device, 1, warmup=False)
                       for (s, r), g in searches.items()}
     budget = BUDGET_MULTIPLE * times["puvae"]
     within = [(s, r) for (s, r), t in grid_times.items() if t <= budget]

@@ -263,6 +263,7 @@ def _attack_target(classifier: nn.Module, model: PurifiedClassifier) -> nn.Modul
 
 
 def _has_distances(model: PurifiedClassifier) -> bool:
+    """Whether the defense has a class-projection rule to attack ("PGD on the distances")."""
     return isinstance(model.purifier, PuVAE)
 
 
@@ -428,7 +429,7 @@ def distance_logits(model: PurifiedClassifier, scale: float) -> Callable[[torch.
     the chosen candidate, this gradient does not vanish when the projections barely depend
     on the input. Only a PuVAE has such a rule; a baseline purifier is an error.
     """
-    if not isinstance(model.purifier, PuVAE):
+    if not _has_distances(model):
         raise ValueError(f"'PGD on the distances' attacks PuVAE's class projection; {type(model.purifier).__name__} has none")
     return lambda images: -scale * model.purify(images).distances  # type: ignore[operator]
 

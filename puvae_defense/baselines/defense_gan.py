@@ -249,8 +249,9 @@ def fit_defense_gan(
                            "penalty": penalty, "seed": seed, "images": len(dataset)})  # type: ignore[arg-type]
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start = 0
-    if directory is not None and checkpoints(directory):
-        latest = checkpoints(directory)[-1]
+    existing = checkpoints(directory) if directory is not None else []
+    if existing:
+        latest = existing[-1]
         if read_metadata(latest).get("settings") != settings:
             raise ValueError(f"{directory} holds a Defense-GAN run with other settings; resume with the same settings "
                              "or use another checkpoint_dir")
