@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from puvae_defense import PurifiedClassifier, PuVAE, fit
+from puvae_defense import PurifiedClassifier, PuVAE, fit, hub
 from puvae_defense.attacks import fgsm, random_targets
 from puvae_defense.classifiers import accuracy, fit_classifier
 
@@ -71,7 +71,7 @@ def main() -> None:
         results[name] = {**through(purifier, target, test, args.eps), "seconds": round(seconds, 1),
                          "val_purified_acc by epoch": [round(h.val_purified_acc, 2) for h in purifier.training_history]}
     results["settings"] = {"epochs": args.epochs, "eps": args.eps, "test images": len(test), "sigma_eps": 0.0,
-                           "threads": torch.get_num_threads()}
+                           "threads": torch.get_num_threads(), "puvae-mnist sha256": hub.get_entry("puvae-mnist").sha256}
     text = json.dumps(results, indent=2)
     print(text)
     if args.json is not None:

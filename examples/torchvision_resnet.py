@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.transforms import v2
 
-from puvae_defense import PurifiedClassifier
+from puvae_defense import PurifiedClassifier, hub
 from puvae_defense.attacks import fgsm, random_targets
 from puvae_defense.data import load_dataset
 
@@ -75,7 +75,8 @@ def main() -> None:
         }
     text = json.dumps({key: round(100 * value, 2) for key, value in results.items()}
                       | {"train images": args.train_images, "epochs": args.epochs, "test images": len(labels),
-                         "eps": args.eps, "sigma_eps": defended.sigma_eps}, indent=2)
+                         "eps": args.eps, "sigma_eps": defended.sigma_eps,
+                         "puvae-mnist sha256": hub.get_entry("puvae-mnist").sha256}, indent=2)
     print(text)
     if args.json is not None:
         args.json.write_text(text + "\n")

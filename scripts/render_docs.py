@@ -272,11 +272,21 @@ def crosscheck() -> str:
     return "\n".join(lines)
 
 
+def _stale(measured_sha256: str | None, command: str) -> str | None:
+    """A note when an example's numbers were measured on other ``puvae-mnist`` weights than the bundled ones."""
+    if measured_sha256 == hub.get_entry("puvae-mnist").sha256:
+        return None
+    return (f"_Not yet measured with the current `puvae-mnist` (the last run used other weights): run `{command}`._")
+
+
 def finetune() -> str:
+    command = "python examples/finetune_digits.py --json docs/results/finetune_digits.json"
     report = _load("finetune_digits.json")
     if report is None:
-        return "_Run `python examples/finetune_digits.py --json docs/results/finetune_digits.json`._"
+        return f"_Run `{command}`._"
     settings = report["settings"]
+    if (note := _stale(settings.get("puvae-mnist sha256"), command)) is not None:
+        return note
     lines = [f"`python examples/finetune_digits.py --epochs {settings['epochs']} --json docs/results/finetune_digits.json` "
              f"({settings['threads']} threads; {settings['test images']} test digits; targeted FGSM eps {settings['eps']} made "
              f"on the target classifier; sigma_eps {settings['sigma_eps']}). Undefended target classifier: "
@@ -291,9 +301,12 @@ def finetune() -> str:
 
 
 def torchvision_example() -> str:
+    command = "python examples/torchvision_resnet.py --train-images 5000 --json docs/results/torchvision_resnet.json"
     report = _load("torchvision_resnet.json")
     if report is None:
-        return "_Run `python examples/torchvision_resnet.py --json docs/results/torchvision_resnet.json`._"
+        return f"_Run `{command}`._"
+    if (note := _stale(report.get("puvae-mnist sha256"), command)) is not None:
+        return note
     return (f"Measured by `python examples/torchvision_resnet.py --train-images {report['train images']} --test-images "
             f"{report['test images']} --json docs/results/torchvision_resnet.json` (ResNet-18 "
             f"from random weights, {report['epochs']} epoch on {report['train images']:,} training images; first "
