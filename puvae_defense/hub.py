@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 
@@ -92,7 +92,7 @@ class PretrainedEntry:
     description: str
 
     def __post_init__(self) -> None:
-        if self.model_type not in ("puvae", "classifier", "magnet", "defense-gan"):
+        if self.model_type not in get_args(ModelType):
             raise ValueError(f"registry entry {self.name!r}: unknown model_type {self.model_type!r}")
         if not _SHA256.fullmatch(self.sha256):
             raise ValueError(f"registry entry {self.name!r}: sha256 must be 64 lowercase hex digits")
@@ -121,6 +121,19 @@ def _registry() -> Mapping[str, PretrainedEntry]:
             raise ValueError(f"duplicate registry name {entry.name!r}")
         entries[entry.name] = entry
     return MappingProxyType(entries)
+
+
+def model_class(model_type: ModelType) -> type[Any]:
+    """The class that loads a ``config.json`` whose ``model_type`` is this (all have
+    ``from_pretrained`` and ``_from_config_dict``)."""
+    from .baselines import DefenseGAN, MagNetReformer
+    from .classifiers import PaperClassifier
+    from .model import PuVAE
+
+    classes = {"puvae": PuVAE, "classifier": PaperClassifier, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
+    if model_type not in classes:
+        raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(classes)}")
+    return classes[model_type]
 
 
 def list_models(model_type: ModelType | None = None) -> list[str]:

@@ -35,9 +35,6 @@ from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.serialization import weights_fingerprint
 
-GRADIENT_ATTACKS = ("APGD-CE", "APGD-T", "FAB-T")
-
-
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion, in percent."""
     if n == 0:
@@ -138,7 +135,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in record.items() if k != "settings"}), file=sys.stderr)
     done = [r for r in done if r["start"] < args.images]
     n = sum(r["n"] for r in done)
-    totals = {key: sum(r[key] for r in done) for key in ["clean", *(f"after {a}" for a in GRADIENT_ATTACKS + ("Square",))]
+    totals = {key: sum(r[key] for r in done) for key in ["clean", *(f"after {name}" for name, _ in attacks)]
               if done and key in done[0]}
     final = totals.get("after Square")
     square_alone = sum(r["square_alone"] for r in done)

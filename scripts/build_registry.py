@@ -16,9 +16,6 @@ from pathlib import Path
 import torch
 
 from puvae_defense import hub
-from puvae_defense.baselines import DefenseGAN, MagNetReformer
-from puvae_defense.classifiers import PaperClassifier
-from puvae_defense.model import PuVAE
 from puvae_defense.serialization import WEIGHTS_NAME, sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,8 +23,7 @@ REGISTRY = ROOT / "puvae_defense" / "registry.json"
 
 
 def _num_params(model_type: str, config: dict) -> int:
-    classes = {"puvae": PuVAE, "classifier": PaperClassifier, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
-    model: torch.nn.Module = classes[model_type]._from_config_dict(config)
+    model: torch.nn.Module = hub.model_class(model_type)._from_config_dict(config)
     return sum(p.numel() for p in model.parameters())
 
 

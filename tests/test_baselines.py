@@ -113,10 +113,8 @@ def test_train_baseline_command(defense: str, tmp_path, monkeypatch, capsys) -> 
     import functools
     import json
 
-    from puvae_defense.baselines import DefenseGANConfig, defense_gan
-
     from puvae_defense import data
-    from puvae_defense.baselines import DefenseGAN
+    from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, defense_gan
     from puvae_defense.classifiers import PaperClassifier
     from puvae_defense.cli import main
 

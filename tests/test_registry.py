@@ -9,8 +9,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from puvae_defense import PuVAE, PurifiedClassifier, hub
-from puvae_defense.baselines import DefenseGAN, MagNetReformer
+from puvae_defense import PurifiedClassifier, hub
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.serialization import sha256_of
 
@@ -18,8 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _build(entry: hub.PretrainedEntry) -> torch.nn.Module:
-    classes = {"puvae": PuVAE, "classifier": PaperClassifier, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
-    return classes[entry.model_type]._from_config_dict(dict(entry.config))
+    return hub.model_class(entry.model_type)._from_config_dict(dict(entry.config))
 
 
 def test_the_shipped_models_are_registered() -> None:

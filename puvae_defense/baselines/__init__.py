@@ -47,12 +47,11 @@ def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device 
     ``"none"`` is :class:`NoPurifier`. PuVAE folders give a :class:`~puvae_defense.PuVAE`, MagNet
     folders a :class:`MagNetReformer`, Defense-GAN folders a :class:`DefenseGAN`.
     """
-    from ..hub import get_entry, list_models
-    from ..model import PuVAE
+    from ..hub import get_entry, list_models, model_class
 
     if str(name_or_path) == "none":
         return NoPurifier().to(device)
-    classes = {"puvae": PuVAE, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
+    purifier_types = ("puvae", "magnet", "defense-gan")
     path = Path(name_or_path)
     folder = path.parent if path.is_file() else path
     if (folder / "config.json").is_file():
@@ -61,6 +60,6 @@ def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device 
         model_type = get_entry(str(name_or_path)).model_type
     else:
         model_type = "puvae"  # a Hub repo id: the library's own models
-    if model_type not in classes:
-        raise ValueError(f"{name_or_path} holds a {model_type!r} model, not a purifier ({sorted(classes)})")
-    return classes[model_type].from_pretrained(name_or_path, device=device)
+    if model_type not in purifier_types:
+        raise ValueError(f"{name_or_path} holds a {model_type!r} model, not a purifier ({sorted(purifier_types)})")
+    return model_class(model_type).from_pretrained(name_or_path, device=device)
