@@ -169,7 +169,8 @@ def headline() -> str:
         lines += ["", f"AutoAttack (RobustBench's standard suite from torchattacks {aa['torchattacks']}: APGD-CE, APGD-T, "
                   f"FAB-T with {aa['steps']} iterations and {aa['gradients']} gradients, then Square with "
                   f"{aa['square_queries']:,} queries; sigma_eps 0), classifier {aa['classifier']}, first {aa['images']} test "
-                  f"images: **{aa['autoattack_percent']:.1f}%** robust accuracy (95% interval {low:.1f}-{high:.1f}). "
+                  f"images: **{aa['autoattack_percent']:.1f}%** robust accuracy (95% interval {low:.1f}-{high:.1f}; "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in aa["robust_accuracy_percent"].items()) + "). "
                   f"Square alone (gradient-free), first {aa['square_alone_images']} images: "
                   f"{aa['square_alone_percent']:.1f}% ({s_low:.1f}-{s_high:.1f}). `{aa['command']}` "
                   f"({aa['wall_seconds'] / 60:.0f} min)."]
