@@ -72,7 +72,7 @@ def attack_chunk(defended: torch.nn.Module, attacks: list, images: torch.Tensor,
     for name, attack in [] if square_only else attacks:
         todo = robust.nonzero().flatten()
         if len(todo):
-            adversarial[todo] = attack(images[todo], labels[todo])
+            adversarial[todo] = attack(images[todo], labels[todo]).detach()
             robust = correct(adversarial)
         record[f"after {name}"] = int(robust.sum())
     square = dict(attacks)["Square"]
