@@ -43,9 +43,9 @@ DESCRIPTIONS = {
                           "purifies by L = 200 gradient steps from R = 20 random codes, a baseline of the PuVAE paper's "
                           "Table 2."),
     "mnist-adv-classifier-a": ("classifier", "Classifier A of the PuVAE paper, adversarially trained on its own FGSM "
-                               "images (eps 0.3, half clean and half adversarial loss), the Adv. Tr. baseline of Table 2."),
+                               "images (eps 0.3, half clean and half adversarial loss), the adversarial-training baseline of Table 2."),
     "mnist-adv-classifier-b": ("classifier", "Classifier B of the PuVAE paper, adversarially trained on its own FGSM "
-                               "images (eps 0.3, half clean and half adversarial loss), the Adv. Tr. baseline of Table 2."),
+                               "images (eps 0.3, half clean and half adversarial loss), the adversarial-training baseline of Table 2."),
 }
 
 
