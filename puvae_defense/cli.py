@@ -180,7 +180,9 @@ def _cmd_train_classifier(args: argparse.Namespace) -> None:
 #: Built-in defense labels of ``evaluate --defenses``: label -> default purifier (``{dataset}``
 #: filled in); adversarial training has no purifier and brings its own classifiers.
 BUILTIN_DEFENSES = {"puvae": "puvae-{dataset}", "puvae+squeeze": "puvae-{dataset}", "magnet": "magnet-{dataset}",
-                    "defense-gan": "defense-gan-{dataset}", "adv-training": "none"}
+                    "defense-gan": "defense-gan-{dataset}", "adv-training": "none", "adv-training-transfer": "none"}
+#: Adversarial training's labels: attacked on its own classifier, or on the undefended one (transfer).
+ADVERSARIAL_TRAINING = {"adv-training": False, "adv-training-transfer": True}
 #: A label with this suffix puts 1-bit squeezing (Feature Squeezing) in front of its purifier.
 SQUEEZE_SUFFIX = "+squeeze"
 
@@ -218,7 +220,7 @@ def _evaluation_inputs(args: argparse.Namespace):
             loaded[source] = purifier, weights_fingerprint(purifier)
         purifier, fingerprint = loaded[source]
         purifiers[label] = purifier
-        adversarial = label == "adv-training"
+        adversarial = label in ADVERSARIAL_TRAINING
         if adversarial and set(own) != set(classifiers):
             raise SystemExit(f"--adv-classifiers names {sorted(own)}, expected {sorted(classifiers)}")
         defended_nets = {name: _load_classifier(own[name], args.device) for name in classifiers} if adversarial else nets
@@ -257,7 +259,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
     )
     cache = AttackCache(args.cache) if args.cache else None
-    report = evaluate(nets, defenses, test, settings, cache=cache, progress=not args.quiet)
+    transfer = [label for label in defenses if ADVERSARIAL_TRAINING.get(label)]
+    report = evaluate(nets, defenses, test, settings, cache=cache, transfer=transfer, progress=not args.quiet)
     report["meta"]["command"] = _command(args)
     report["meta"]["classifiers"] = args.classifiers
     report["meta"]["defense_sources"] = sources
@@ -342,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     ev.add_argument("--defenses", nargs="+", default=["puvae"], metavar="LABEL[=PURIFIER]",
                     help="defenses measured on the same images in one run: puvae, magnet, defense-gan (the registered "
-                         "'<label>-<dataset>' purifier), adv-training (no purifier, classifiers from --adv-classifiers), "
+                         "'<label>-<dataset>' purifier), adv-training (no purifier, classifiers from --adv-classifiers, "
+                         "attacked on themselves), adv-training-transfer (the same classifiers, attacked on the "
+                         "undefended --classifiers), "
                          "puvae+squeeze (1-bit squeezing, Feature Squeezing, before puvae), or LABEL=PURIFIER for a "
                          "folder, registered name, Hub repo id or 'none'; a LABEL ending in +squeeze squeezes first "
                          "(default: puvae)")

@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -53,8 +53,10 @@ __all__ = [
 ]
 
 #: Column names of the paper's tables: the defense labels of :func:`evaluate` reports.
-DEFENSE_NAMES: Mapping[str, str] = {"adv-training": "Adv. Tr.", "magnet": "MagNet", "defense-gan": "Defense-GAN",
-                                    "puvae": "PuVAE", "puvae+squeeze": "PuVAE + bit squeezing"}
+DEFENSE_NAMES: Mapping[str, str] = {"adv-training": "Adv. Tr.", "adv-training-transfer": "Adv. Tr. (transfer)",
+                                    "magnet": "MagNet", "defense-gan": "Defense-GAN", "puvae": "PuVAE",
+                                    "puvae-paper-recipe": "PuVAE (paper's recipe)",
+                                    "puvae+squeeze": "PuVAE + bit squeezing"}
 
 
 def _paper_rows(values: str) -> dict[str, float]:
@@ -252,9 +254,10 @@ def defended_accuracy(
     return 100.0 * correct / len(dataset)
 
 
-def _attack_target(classifier: nn.Module, model: PurifiedClassifier) -> nn.Module:
-    """The network a gray-box attacker differentiates: the defense's own classifier."""
-    if model.classifier is classifier:
+def _attack_target(classifier: nn.Module, model: PurifiedClassifier, transfer: bool = False) -> nn.Module:
+    """The network a gray-box attacker differentiates: the defense's own classifier, or the
+    undefended one for a transfer attack."""
+    if transfer or model.classifier is classifier:
         return classifier
     if model.preprocess is not None:
         raise ValueError("a defense with its own classifier (e.g. adversarial training) and a preprocess cannot be "
@@ -274,6 +277,7 @@ def evaluate(
     settings: EvalSettings | None = None,
     *,
     cache: AttackCache | None = None,
+    transfer: Collection[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the gray-box table and the adaptive attacks for several defenses on the same images.
@@ -294,6 +298,9 @@ def evaluate(
         cache: reuse gray-box adversarial examples computed by an earlier run (same
             classifier weights, attack parameters, seed and batches); the numbers are the
             same with or without it.
+        transfer: labels of defenses that bring their own classifier but whose gray-box
+            examples are computed on the undefended one (a transfer attack: the attacker does
+            not know the classifier was retrained), e.g. ``{"adv-training-transfer"}``.
         progress: tqdm progress bars.
 
     Returns:
@@ -305,6 +312,8 @@ def evaluate(
 
     if not defenses:
         raise ValueError("no defense to evaluate")
+    if unknown := sorted(set(transfer) - set(defenses)):
+        raise ValueError(f"transfer names defenses {unknown} that are not evaluated; defenses: {sorted(defenses)}")
     for label, models in defenses.items():
         if set(models) != set(classifiers):
             raise ValueError(f"defense {label!r} covers classifiers {sorted(models)}, expected {sorted(classifiers)}")
@@ -317,7 +326,7 @@ def evaluate(
     report: dict[str, Any] = {"classifiers": {}}
     for name, classifier in classifiers.items():
         models = {label: models[name] for label, models in defenses.items()}
-        targets_of = {label: _attack_target(classifier, model) for label, model in models.items()}
+        targets_of = {label: _attack_target(classifier, model, label in transfer) for label, model in models.items()}
         adaptive = {label: [a for a in settings.adaptive if a != "PGD on the distances" or _has_distances(model)]
                     for label, model in models.items()}
         counts: dict[str, int] = {"clean": 0}
@@ -371,6 +380,7 @@ def evaluate(
         }
     report["meta"] = {
         "defenses": list(defenses),
+        "transfer": sorted(transfer),
         "settings": {"attacks": list(settings.attacks), "adaptive": list(settings.adaptive), "limit": settings.limit,
                      "adaptive_limit": settings.adaptive_limit, "batch_size": settings.batch_size,
                      "sigma_eps": settings.sigma_eps, "seed": settings.seed, "dataset": settings.dataset},

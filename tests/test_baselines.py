@@ -244,19 +244,21 @@ def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) 
               "--adaptive-limit", "4", "--batch-size", "4", "--data-root", str(mnist_root), "--out", str(tmp_path / "out"),
               "--quiet"]
     assert main(["evaluate", "--defenses", f"puvae={tmp_path / 'vae'}", f"magnet={tmp_path / 'magnet'}", "adv-training",
-                 f"puvae+squeeze={tmp_path / 'vae'}", "--adv-classifiers", f"A={tmp_path / 'adv'}", "--name", "all",
-                 *common]) == 0
+                 f"puvae+squeeze={tmp_path / 'vae'}", "adv-training-transfer", "--adv-classifiers", f"A={tmp_path / 'adv'}",
+                 "--name", "all", *common]) == 0
     report = json.loads((tmp_path / "out" / "all.json").read_text())
     sources = report["meta"]["defense_sources"]
-    assert report["meta"]["defenses"] == ["puvae", "magnet", "adv-training", "puvae+squeeze"]
+    assert report["meta"]["defenses"] == ["puvae", "magnet", "adv-training", "puvae+squeeze", "adv-training-transfer"]
+    assert report["meta"]["transfer"] == ["adv-training-transfer"]
     assert {k: v["type"] for k, v in sources.items()} == {"puvae": "puvae", "magnet": "magnet", "adv-training": "none",
-                                                          "puvae+squeeze": "puvae"}
+                                                          "puvae+squeeze": "puvae", "adv-training-transfer": "none"}
     assert "input_transform" not in sources["puvae"] and "bits=1" in sources["puvae+squeeze"]["input_transform"]
     assert sources["puvae"]["fingerprint"] == weights_fingerprint(tiny_vae)
-    assert sources["adv-training"]["classifiers"] == [f"A={tmp_path / 'adv'}"]
+    assert sources["adv-training"]["classifiers"] == sources["adv-training-transfer"]["classifiers"] == [f"A={tmp_path / 'adv'}"]
     assert set(report["classifiers"]["A"]["gray_box"]["FGSM"]) == {"no_defense", "puvae", "magnet", "adv-training",
-                                                                  "puvae+squeeze"}
-    assert "| No Defense | Adv. Tr. | MagNet | PuVAE | PuVAE + bit squeezing |" in (tmp_path / "out" / "all.md").read_text()
+                                                                  "puvae+squeeze", "adv-training-transfer"}
+    assert ("| No Defense | Adv. Tr. | Adv. Tr. (transfer) | MagNet | PuVAE | PuVAE + bit squeezing |"
+            in (tmp_path / "out" / "all.md").read_text())
     with pytest.raises(SystemExit, match="unknown defense 'magnets'"):
         main(["evaluate", "--defenses", "magnets", "--name", "x", *common])
     with pytest.raises(SystemExit, match="repeated defense"):

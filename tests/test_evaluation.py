@@ -80,6 +80,35 @@ def test_several_defenses_in_one_run(tiny_vae: PuVAE) -> None:
     assert "| A | Adv. Tr. | 8 | " in table and table.count(" - |") >= 2  # no distance attack without distances
 
 
+def test_transfer_attacks_the_undefended_classifier() -> None:
+    """A defense listed in ``transfer`` brings its own classifier but is attacked on the
+    undefended one; the same classifier without ``transfer`` is attacked on itself."""
+    import copy
+
+    from puvae_defense.baselines import NoPurifier
+
+    torch.manual_seed(0)
+    net = tiny_source().eval()
+    shifted = copy.deepcopy(net)
+    with torch.no_grad():
+        for parameter in shifted.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    defenses = {"transfer": {"A": PurifiedClassifier(shifted, NoPurifier())},
+                "own": {"A": PurifiedClassifier(shifted, NoPurifier())}}
+    settings = EvalSettings(attacks=("FGSM", "iFGSM"), adaptive=(), adaptive_limit=0, batch_size=8, overrides=QUICK)
+    data = synthetic_dataset(32)
+    report = evaluate({"A": net}, defenses, data, settings, transfer={"transfer"}, progress=False)
+    cells = report["classifiers"]["A"]["gray_box"]
+    on_own = evaluate({"A": shifted}, {"x": {"A": PurifiedClassifier(shifted, NoPurifier())}}, data, settings,
+                      progress=False)["classifiers"]["A"]["gray_box"]
+    assert all(cells[a]["own"] == on_own[a]["no_defense"] for a in cells)
+    # examples made on another network fool the shifted one less than its own do
+    assert all(cells[a]["transfer"] > cells[a]["own"] for a in cells), cells
+    assert report["meta"]["transfer"] == ["transfer"]
+    with pytest.raises(ValueError, match=r"transfer names defenses \['ghost'\]"):
+        evaluate({"A": net}, defenses, data, settings, transfer={"ghost"}, progress=False)
+
+
 def test_defenses_must_cover_every_classifier(tiny_vae: PuVAE) -> None:
     nets, defenses = _setup(tiny_vae)
     with pytest.raises(ValueError, match="covers classifiers"):
