@@ -129,7 +129,7 @@ def headline() -> str:
                      for r in reports)
     lines = [
         f"Table 2 of the paper on the MNIST test set (n = {', '.join(f'{n:,}' for n in sorted(sizes))}) with the "
-        f"shipped models: {runs}. Cells read *ours (paper, difference)*; each classifier's first row is its clean accuracy "
+        f"models each command names (the bundled ones unless a folder is given): {runs}. Cells read *ours (paper, difference)*; each classifier's first row is its clean accuracy "
         "behind each defense, which the paper does not report.",
         "",
         results_markdown(table2).strip(),
