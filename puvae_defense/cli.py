@@ -242,6 +242,18 @@ ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PG
                  "distance": "PGD on the distances"}
 
 
+#: The paper's table for each data set: the default results name of ``evaluate``.
+PAPER_TABLE = {"mnist": "table2", "fashion-mnist": "table3", "cifar10": "table4"}
+
+
+def _evaluation_defaults(args: argparse.Namespace) -> None:
+    """Fill ``--classifiers`` and ``--name`` from ``--dataset`` when they are not given."""
+    if args.classifiers is None:
+        args.classifiers = [f"A={args.dataset}-classifier-a", f"B={args.dataset}-classifier-b"]
+    if args.name is None:
+        args.name = f"{PAPER_TABLE[args.dataset]}_{args.dataset}"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
@@ -251,6 +263,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 
+    _evaluation_defaults(args)
     purifiers, nets, defenses, sources, test = _evaluation_inputs(args)
     settings = EvalSettings(
         attacks=tuple(args.attacks),
@@ -351,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "puvae+squeeze (1-bit squeezing, Feature Squeezing, before puvae), or LABEL=PURIFIER for a "
                          "folder, registered name, Hub repo id or 'none'; a LABEL ending in +squeeze squeezes first "
                          "(default: puvae)")
-    ev.add_argument("--classifiers", nargs="+", default=["A=mnist-classifier-a", "B=mnist-classifier-b"],
-                    metavar="NAME=MODEL")
+    ev.add_argument("--classifiers", nargs="+", default=None, metavar="NAME=MODEL",
+                    help="target classifiers (default: A=<dataset>-classifier-a B=<dataset>-classifier-b)")
     ev.add_argument("--adv-classifiers", nargs="+", default=None, metavar="NAME=MODEL",
                     help="adversarially trained counterparts of --classifiers for the adv-training defense (default: "
                          "'<dataset>-adv-classifier-<name>', e.g. mnist-adv-classifier-a)")
@@ -369,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--data-root", default=None)
     ev.add_argument("--out", default="docs/results")
-    ev.add_argument("--name", default="table2_mnist")
+    ev.add_argument("--name", default=None,
+                    help="results file name (default: the paper's table for --dataset, e.g. table2_mnist, "
+                         "table3_fashion-mnist)")
     ev.add_argument("--figure", default=None, help="also write the projection figure (PNG) here")
     ev.add_argument("--cache", default=None, metavar="DIR",
                     help="keep gray-box adversarial examples here and reuse them (they do not depend on the purifier)")

@@ -18,9 +18,10 @@ from puvae_defense.evaluation import ADAPTIVE_ATTACKS, DEFENSE_NAMES, defense_co
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-#: Table 2 reports (``table2*.json``), each on some classifiers and some defenses, merged into
-#: one table (run separately to fit the CPU's time); a defense must have the same weights in all.
-TABLE2_REPORTS = tuple(sorted(p.name for p in RESULTS.glob("table2*.json")))
+#: Data set -> (the paper's table, its results files, its name in prose). Each table's reports,
+#: each on some classifiers and some defenses, are merged into one table (run separately to fit
+#: the CPU's time); a defense must have the same weights in all of them.
+TABLES = {"mnist": ("Table 2", "table2*.json", "MNIST"), "fashion-mnist": ("Table 3", "table3*.json", "Fashion-MNIST")}
 #: Adaptive-attack reports merged into one table (run separately to fit the CPU's time): every
 #: ``adaptive*.json`` in docs/results (the 0.1.0 results live in a subfolder).
 ADAPTIVE_REPORTS = tuple(sorted(p.name for p in RESULTS.glob("adaptive*.json")))
@@ -89,7 +90,7 @@ def adaptive_table(reports: list[dict], weights: dict[tuple[str, str], str | Non
     return "\n".join(lines)
 
 
-def merge_table2(reports: list[dict]) -> dict:
+def merge_reports(reports: list[dict], table: str = "Table 2") -> dict:
     """One report from several, each on some classifiers and defenses.
 
     A defense must have the same weights in every report, and the cells two reports share
@@ -101,42 +102,56 @@ def merge_table2(reports: list[dict]) -> dict:
     for report in reports:
         for key, fp in _weights(report).items():
             if weights.setdefault(key, fp) != fp:
-                raise SystemExit(f"Table 2 reports with different {key[0]!r} weights in {RESULTS}: rerun them on one")
+                raise SystemExit(f"{table} reports with different {key[0]!r} weights in {RESULTS}: rerun them on one")
         for label, source in report["meta"]["defense_sources"].items():
             merged_source = sources.setdefault(label, {**source, "classifier_fingerprints": {}})
             merged_source["classifier_fingerprints"].update(source.get("classifier_fingerprints", {}))
         for name, result in report["classifiers"].items():
             merged = classifiers.setdefault(name, {**result, "clean_through": {}, "gray_box": {}, "adaptive": {}})
             if (merged["n"], merged["clean_accuracy"]) != (result["n"], result["clean_accuracy"]):
-                raise SystemExit(f"Table 2 reports disagree on classifier {name}'s clean accuracy or n: rerun them")
+                raise SystemExit(f"{table} reports disagree on classifier {name}'s clean accuracy or n: rerun them")
             merged["clean_through"].update(result["clean_through"])
             for attack, cell in result["gray_box"].items():
                 row = merged["gray_box"].setdefault(attack, {"no_defense": cell["no_defense"]})
                 if row["no_defense"] != cell["no_defense"]:
-                    raise SystemExit(f"Table 2 reports disagree on {name}/{attack} without defense: not the same examples")
+                    raise SystemExit(f"{table} reports disagree on {name}/{attack} without defense: not the same examples")
                 row.update(cell)
     meta = {**reports[0]["meta"], "defenses": defense_columns(list(sources)), "defense_sources": sources}
     return {"classifiers": classifiers, "meta": meta}
 
 
-def headline() -> str:
-    reports = [r for r in map(_load, TABLE2_REPORTS) if r is not None]
+def _reports(pattern: str, dataset: str) -> list[dict]:
+    """The results files matching ``pattern``, each checked to be on ``dataset``."""
+    reports = [r for r in map(_load, sorted(p.name for p in RESULTS.glob(pattern))) if r is not None]
+    for report in reports:
+        if report["meta"]["settings"]["dataset"] != dataset:
+            raise SystemExit(f"a {pattern} report in {RESULTS} is on {report['meta']['settings']['dataset']!r}, "
+                             f"not {dataset!r}: rename it")
+    return reports
+
+
+def headline(dataset: str = "mnist") -> str:
+    """The paper's table for ``dataset`` (Table 2 or 3) with the adaptive attacks and AutoAttack on its weights."""
+    table, pattern, prose = TABLES[dataset]
+    reports = _reports(pattern, dataset)
     if not reports:
-        return "_Not evaluated yet: run `puvae-defense evaluate` (docs/evaluation.md)._"
-    table2 = merge_table2(reports)
-    sizes = {result["n"] for result in table2["classifiers"].values()}
+        return (f"_Not evaluated yet: {table} needs the {prose} models; `puvae-defense evaluate --dataset {dataset}` "
+                "runs it (docs/evaluation.md)._")
+    merged = merge_reports(reports, table)
+    sizes = {result["n"] for result in merged["classifiers"].values()}
     runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {r['meta']['wall_seconds'] / 60:.0f} min)"
                      for r in reports)
     lines = [
-        f"Table 2 of the paper on the MNIST test set (n = {', '.join(f'{n:,}' for n in sorted(sizes))}) with the "
+        f"{table} of the paper on the {prose} test set (n = {', '.join(f'{n:,}' for n in sorted(sizes))}) with the "
         f"models each command names (the bundled ones unless a folder is given): {runs}. Cells read *ours (paper, difference)*; each classifier's first row is its clean accuracy "
         "behind each defense, which the paper does not report.",
         "",
-        results_markdown(table2).strip(),
+        results_markdown(merged).strip(),
     ]
-    # Only defenses measured on the same weights as in Table 2 belong in its tables.
-    weights = _weights(table2)
-    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None and any(_matches(r, weights).values())]
+    # Only defenses measured on the same weights as in the table belong in its tables.
+    weights = _weights(merged)
+    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None
+                and r["meta"]["settings"]["dataset"] == dataset and any(_matches(r, weights).values())]
     if not adaptive:
         lines += ["", "Adaptive white-box attacks (PGD through the purifier, BPDA, EOT, PGD on the purifier's "
                   "distances) have not been run on this purifier yet; the commands are in docs/evaluation.md, and "
@@ -153,7 +168,7 @@ def headline() -> str:
             "",
             adaptive_table(adaptive, weights),
         ]
-    for name in sorted(p.name for p in RESULTS.glob("autoattack_mnist_*.json")):
+    for name in sorted(p.name for p in RESULTS.glob(f"autoattack_{dataset}_*.json")):
         aa = _load(name)
         if aa is None or aa.get("purifier_fingerprint") != weights.get(("puvae", "purifier")):
             continue
@@ -372,12 +387,14 @@ def defenses_speed() -> str:
 
 def main() -> None:
     _replace(ROOT / "README.md", "models", models_table())
-    _replace(ROOT / "README.md", "results", headline())
+    _replace(ROOT / "README.md", "results", headline("mnist"))
+    _replace(ROOT / "README.md", "results-fashion-mnist", headline("fashion-mnist"))
     _replace(ROOT / "README.md", "speed", speed())
     _replace(ROOT / "README.md", "deploy", deployment())
     _replace(ROOT / "README.md", "torchvision", torchvision_example())
     _replace(ROOT / "docs" / "training.md", "finetune", finetune())
-    _replace(ROOT / "docs" / "evaluation.md", "results", headline())
+    _replace(ROOT / "docs" / "evaluation.md", "results", headline("mnist"))
+    _replace(ROOT / "docs" / "evaluation.md", "results-fashion-mnist", headline("fashion-mnist"))
     _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
     _replace(ROOT / "docs" / "baselines.md", "defenses", defenses_speed())
     print("rendered README.md, docs/evaluation.md, docs/training.md and docs/baselines.md")

@@ -29,6 +29,19 @@ def test_evaluate_writes_well_formed_results(tmp_path, tiny_vae: PuVAE, mnist_ro
     assert "| A | FGSM |" in capsys.readouterr().out
 
 
+def test_evaluate_defaults_follow_the_dataset() -> None:
+    """Without --classifiers and --name, evaluate takes the data set's own classifiers and table."""
+    from puvae_defense.cli import _evaluation_defaults, build_parser
+
+    for dataset, table in (("mnist", "table2_mnist"), ("fashion-mnist", "table3_fashion-mnist")):
+        args = build_parser().parse_args(["evaluate", "--dataset", dataset])
+        _evaluation_defaults(args)
+        assert args.classifiers == [f"A={dataset}-classifier-a", f"B={dataset}-classifier-b"] and args.name == table
+    args = build_parser().parse_args(["evaluate", "--dataset", "fashion-mnist", "--classifiers", "A=x", "--name", "t"])
+    _evaluation_defaults(args)
+    assert args.classifiers == ["A=x"] and args.name == "t"
+
+
 def test_data_fetch_verifies_existing_files(mnist_root, capsys) -> None:
     assert main(["data", "fetch", "mnist", "--root", str(mnist_root)]) == 0
     assert "files verified" in capsys.readouterr().out
