@@ -1,17 +1,19 @@
 """Measure the trained baselines once on the test split and bundle them as ``hub/<name>``.
 
-Takes the folders that ``puvae-defense train-baseline`` wrote into ``--work`` (any of
-``magnet-mnist``, ``defense-gan-mnist``, ``mnist-adv-classifier-a``, ``mnist-adv-classifier-b``),
+Takes the folders that ``puvae-defense train-baseline`` wrote into ``--work`` (for ``--dataset
+mnist`` any of ``magnet-mnist``, ``defense-gan-mnist``, ``mnist-adv-classifier-a``,
+``mnist-adv-classifier-b``; other data sets the same names with theirs),
 copies each to ``--out/<name>`` with the registry's metadata (name, data set, description,
 measured metrics, how it was trained) and a model card, then regenerates the registry
 (``scripts/build_registry.py``). Measured here, on the test split:
 
 - adversarially trained classifiers: clean accuracy (all 10,000 images);
-- MagNet: accuracy of classifiers A and B on its reconstructions (all 10,000 images);
+- MagNet: accuracy of classifiers A and B (``--classifiers``) on its reconstructions (all 10,000 images);
 - Defense-GAN: the same on the first ``--gan-images`` images (L = 200, R = 20 costs seconds
   per image on a CPU).
 
 Usage: python scripts/finish_baselines.py [--work runs/baselines] [--out hub] [--gan-images 500]
+       [--dataset fashion-mnist] [--classifiers A=FOLDER B=FOLDER]
 """
 
 from __future__ import annotations
@@ -35,30 +37,43 @@ from puvae_defense.serialization import WEIGHTS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DESCRIPTIONS = {
-    "magnet-mnist": ("magnet", "MagNet's MNIST reformer (Meng and Chen, 2017): the auto-encoder trained on clean images "
-                     "with Gaussian noise 0.1, used as a purifier, a baseline of the PuVAE paper's Table 2. The detectors "
-                     "are not included."),
-    "defense-gan-mnist": ("defense-gan", "Defense-GAN's MNIST generator (Samangouei et al., 2018), trained with WGAN-GP; "
-                          "purifies by L = 200 gradient steps from R = 20 random codes, a baseline of the PuVAE paper's "
-                          "Table 2."),
-    "mnist-adv-classifier-a": ("classifier", "Classifier A of the PuVAE paper, adversarially trained on its own FGSM "
-                               "images (eps 0.3, half clean and half adversarial loss), the adversarial-training baseline of Table 2."),
-    "mnist-adv-classifier-b": ("classifier", "Classifier B of the PuVAE paper, adversarially trained on its own FGSM "
-                               "images (eps 0.3, half clean and half adversarial loss), the adversarial-training baseline of Table 2."),
-}
+#: Data set -> (its name in model cards and Hub metadata, in prose, the paper's table).
+DATASETS = {"mnist": ("mnist", "MNIST", "Table 2"), "fashion-mnist": ("fashion_mnist", "Fashion-MNIST", "Table 3")}
 
 
-def measure(name: str, kind: str, folder: Path, test, gan_images: int) -> dict[str, float]:
-    """Test-split metrics of one trained baseline (percentages)."""
+def descriptions(dataset: str) -> dict[str, tuple[str, str]]:
+    """Baseline name -> (model type, description) for a data set (MagNet and Defense-GAN keep
+    their MNIST architectures on Fashion-MNIST: the images have the same shape)."""
+    _, prose, table = DATASETS[dataset]
+    trained_on = "" if dataset == "mnist" else f", trained on {prose}"
+
+    def adversarial(arch: str) -> tuple[str, str]:
+        return ("classifier", f"Classifier {arch} of the PuVAE paper, adversarially trained on its own FGSM images (eps 0.3, "
+                f"half clean and half adversarial loss){trained_on}, the adversarial-training baseline of {table}.")
+
+    return {
+        f"magnet-{dataset}": ("magnet", f"MagNet's MNIST reformer (Meng and Chen, 2017){trained_on}: the auto-encoder "
+                              "trained on clean images with Gaussian noise 0.1, used as a purifier, a baseline of the PuVAE "
+                              f"paper's {table}. The detectors are not included."),
+        f"defense-gan-{dataset}": ("defense-gan", f"Defense-GAN's MNIST generator (Samangouei et al., 2018){trained_on}, "
+                                   "trained with WGAN-GP; purifies by L = 200 gradient steps from R = 20 random codes, a "
+                                   f"baseline of the PuVAE paper's {table}."),
+        f"{dataset}-adv-classifier-a": adversarial("A"),
+        f"{dataset}-adv-classifier-b": adversarial("B"),
+    }
+
+
+def measure(kind: str, folder: Path, test, gan_images: int, classifiers: dict[str, str]) -> dict[str, float]:
+    """Test-split metrics of one trained baseline (percentages); ``classifiers``: name -> model
+    behind a purifier."""
     if kind == "classifier":
         return {"test_accuracy": accuracy(PaperClassifier.from_pretrained(folder), test)}
     purifier = load_purifier(folder)
     data = test.subset(0, gan_images) if kind == "defense-gan" else test
     suffix = "" if len(data) == len(test) else f"_first{len(data)}"
     return {f"test_accuracy_{net}_through{suffix}": defended_accuracy(
-        PurifiedClassifier(PaperClassifier.from_pretrained(f"mnist-classifier-{net.lower()}"), purifier), data,
-        batch_size=100) for net in ("A", "B")}
+        PurifiedClassifier(PaperClassifier.from_pretrained(model), purifier), data,
+        batch_size=100) for net, model in classifiers.items()}
 
 
 def main() -> None:
@@ -66,10 +81,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/baselines"))
     parser.add_argument("--out", type=Path, default=ROOT / "hub")
     parser.add_argument("--gan-images", type=int, default=500)
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
+    parser.add_argument("--classifiers", nargs="+", default=None, metavar="NAME=MODEL",
+                        help="classifiers measured behind the purifiers (default: A and B of --dataset, registered)")
     args = parser.parse_args()
+    classifiers = dict(item.split("=", 1) for item in args.classifiers) if args.classifiers else {
+        net: f"{args.dataset}-classifier-{net.lower()}" for net in ("A", "B")}
+    card_dataset = DATASETS[args.dataset][0]
     torch.manual_seed(0)
-    test = load_dataset("mnist", "test")
-    for name, (kind, description) in DESCRIPTIONS.items():
+    test = load_dataset(args.dataset, "test")
+    for name, (kind, description) in descriptions(args.dataset).items():
         source = args.work / name
         if not (source / WEIGHTS_NAME).is_file():
             print(f"{name}: not trained ({source} has no weights), skipped")
@@ -80,12 +101,12 @@ def main() -> None:
             shutil.copyfile(source / item, folder / item)
         config = json.loads((folder / "config.json").read_text())
         trained = config.get("metadata", {})
-        metrics = {**trained.get("metrics", {}), **measure(name, kind, folder, test, args.gan_images)}
+        metrics = {**trained.get("metrics", {}), **measure(kind, folder, test, args.gan_images, classifiers)}
         training = {**trained.get("training", {}), "measured by": "python scripts/finish_baselines.py"}
-        config["metadata"] = {"name": name, "dataset": "mnist", "description": description, "metrics": metrics,
+        config["metadata"] = {"name": name, "dataset": card_dataset, "description": description, "metrics": metrics,
                               "training": training}
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (folder / "README.md").write_text(model_card(name=name, model_type=kind, dataset="mnist", description=description,
+        (folder / "README.md").write_text(model_card(name=name, model_type=kind, dataset=card_dataset, description=description,
                                                      metrics=metrics, training=training))
         print(f"{name}: {json.dumps(metrics)}")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_registry.py")], check=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from puvae_defense import PurifiedClassifier, attacks
 from puvae_defense.baselines import ImagePurifier, MagNetConfig, MagNetReformer, fgsm_objective, fit_adversarial_classifier, fit_magnet
+from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
 from puvae_defense.evaluation import EvalSettings, defended_accuracy, distance_logits, evaluate
 
 from conftest import synthetic_dataset
@@ -314,3 +319,36 @@ def test_input_transform_runs_on_checked_inputs_before_the_purifier(tiny_vae, im
     magnet = PurifiedClassifier(net, MagNetReformer().eval(), input_transform=BitDepthSqueeze(1)).eval()
     with torch.no_grad():
         torch.testing.assert_close(magnet(images), net(magnet.purifier.purify((images > 0.5).float())))
+
+
+def _finish_baselines_script():
+    spec = importlib.util.spec_from_file_location("finish_baselines", Path(__file__).parent.parent / "scripts" / "finish_baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finish_baselines_names_each_datasets_models() -> None:
+    """Each data set gets its own baseline names; the MNIST cards keep the bundled descriptions."""
+    script = _finish_baselines_script()
+    mnist, fashion = script.descriptions("mnist"), script.descriptions("fashion-mnist")
+    assert set(fashion) == {"magnet-fashion-mnist", "defense-gan-fashion-mnist", "fashion-mnist-adv-classifier-a",
+                            "fashion-mnist-adv-classifier-b"}
+    assert [kind for kind, _ in mnist.values()] == [kind for kind, _ in fashion.values()]
+    assert all("Fashion-MNIST" in text and "Table 3" in text for _, text in fashion.values())
+    for name, (_, text) in mnist.items():
+        config = Path(__file__).parent.parent / "hub" / name / "config.json"
+        if config.is_file():
+            assert json.loads(config.read_text())["metadata"]["description"] == text
+
+
+def test_finish_baselines_measures_behind_the_given_classifiers(tmp_path) -> None:
+    script = _finish_baselines_script()
+    torch.manual_seed(0)
+    MagNetReformer().eval().save_pretrained(tmp_path / "magnet")
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    test = synthetic_dataset(20)
+    metrics = script.measure("magnet", tmp_path / "magnet", test, 4, {"A": str(tmp_path / "clf")})
+    assert set(metrics) == {"test_accuracy_A_through"} and 0 <= metrics["test_accuracy_A_through"] <= 100
+    metrics = script.measure("classifier", tmp_path / "clf", test, 4, {})
+    assert set(metrics) == {"test_accuracy"}
