@@ -73,3 +73,15 @@ def test_image_dataset_validates_shapes() -> None:
         ImageDataset(torch.rand(4, 28, 28), torch.zeros(4), ("a",))
     ds = ImageDataset(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), ("a", "b"))
     assert len(ds.subset(1, 3)) == 2 and ds[1][1] == 1
+
+
+@pytest.mark.skipif(not data._DEBIAN_FASHION_DIR.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+def test_fashion_mnist_fetch_and_splits(tmp_path) -> None:
+    """`data fetch fashion-mnist` lays out verified files offline; the splits follow the paper."""
+    raw = fetch("fashion-mnist", tmp_path)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data._SOURCES["fashion-mnist"].files)
+    train, val, test = (load_dataset("fashion-mnist", s, root=tmp_path) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (50_000, 10_000, 10_000)
+    assert train.images.shape[1:] == (1, 28, 28) and float(train.images.max()) == 1.0
+    assert test[0][1] == 9  # the first Fashion-MNIST test image is an ankle boot
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
