@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The `device` tool sends the working tree (tracked and untracked-not-ignored files and the
-# carried MNIST archive, 64 MiB at most). The bundled PuVAE weights alone are 54 MiB, so the
-# weights that scripts/device_session.sh does not read stay behind:
+# carried MNIST archive, 64 MiB at most). Each bundled PuVAE is 54 MiB (MNIST, Fashion-MNIST),
+# so the weights that scripts/device_session.sh does not read stay behind:
 #   scripts/device_tree.sh stash      # before the device call: moves them to $STASH
 #   scripts/device_tree.sh restore    # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
-FILES=(hub/puvae-mnist/model.safetensors hub/defense-gan-mnist/model.safetensors)
+FILES=(hub/puvae-mnist/model.safetensors hub/defense-gan-mnist/model.safetensors
+       hub/puvae-fashion-mnist/model.safetensors hub/defense-gan-fashion-mnist/model.safetensors)
 case ${1:-} in
     stash)
         if [ ! -f .gpu/mnist-raw.tar.gz ]; then  # MNIST for the device, carried: run(carry=[".gpu"])
