@@ -90,7 +90,7 @@ def adaptive_table(reports: list[dict], weights: dict[tuple[str, str], str | Non
     return "\n".join(lines)
 
 
-def merge_reports(reports: list[dict], table: str = "Table 2") -> dict:
+def merge_reports(reports: list[dict], table: str) -> dict:
     """One report from several, each on some classifiers and defenses.
 
     A defense must have the same weights in every report, and the cells two reports share
@@ -130,7 +130,7 @@ def _reports(pattern: str, dataset: str) -> list[dict]:
     return reports
 
 
-def headline(dataset: str = "mnist") -> str:
+def headline(dataset: str) -> str:
     """The paper's table for ``dataset`` (Table 2 or 3) with the adaptive attacks and AutoAttack on its weights."""
     table, pattern, prose = TABLES[dataset]
     reports = _reports(pattern, dataset)
@@ -153,9 +153,9 @@ def headline(dataset: str = "mnist") -> str:
     adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None
                 and r["meta"]["settings"]["dataset"] == dataset and any(_matches(r, weights).values())]
     if not adaptive:
+        old = " and the 0.1.0 purifier's results are kept in `docs/results/0.1.0/`" if dataset == "mnist" else ""
         lines += ["", "Adaptive white-box attacks (PGD through the purifier, BPDA, EOT, PGD on the purifier's "
-                  "distances) have not been run on this purifier yet; the commands are in docs/evaluation.md, and "
-                  "the 0.1.0 purifier's results are kept in `docs/results/0.1.0/`."]
+                  f"distances) have not been run on this purifier yet; the commands are in docs/evaluation.md{old}."]
     else:
         params = adaptive[0]["meta"]["attack_params"]
         runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['wall_seconds'] / 60:.0f} min)" for r in adaptive)
