@@ -1,0 +1,56 @@
+"""scripts/render_docs.py: the paper's tables merged from several results files, per data set."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "docs" / "results"
+
+
+@pytest.fixture
+def render(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("render_docs", ROOT / "scripts" / "render_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    return module
+
+
+def _copy(tmp_path: Path, name: str, as_name: str, dataset: str | None = None) -> dict:
+    report = json.loads((RESULTS / name).read_text())
+    if dataset is not None:
+        report["meta"]["settings"]["dataset"] = dataset
+    (tmp_path / as_name).write_text(json.dumps(report))
+    return report
+
+
+def test_each_dataset_gets_its_own_table(render, tmp_path) -> None:
+    assert "Not evaluated yet: Table 3" in render.headline("fashion-mnist")
+    for name in ("table2_mnist_A.json", "table2_magnet_mnist.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    mnist = render.headline("mnist")
+    assert mnist.startswith("Table 2 of the paper on the MNIST test set") and "| MagNet | PuVAE |" in mnist
+    assert "Not evaluated yet: Table 3" in render.headline("fashion-mnist")
+    _copy(tmp_path, "table2_mnist_A.json", "table3_fashion-mnist_A.json", dataset="fashion-mnist")
+    fashion = render.headline("fashion-mnist")
+    assert fashion.startswith("Table 3 of the paper on the Fashion-MNIST test set") and "MagNet" not in fashion
+    assert "(59.18," in fashion  # the paper's Table 3 value beside ours (A, FGSM, PuVAE)
+
+
+def test_reports_on_the_wrong_dataset_or_disagreeing_are_refused(render, tmp_path) -> None:
+    _copy(tmp_path, "table2_mnist_A.json", "table3_wrong.json")
+    with pytest.raises(SystemExit, match="on 'mnist', not 'fashion-mnist'"):
+        render.headline("fashion-mnist")
+    (tmp_path / "table3_wrong.json").unlink()
+    shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_a.json")
+    report = _copy(tmp_path, "table2_magnet_mnist.json", "table2_b.json")
+    report["classifiers"]["A"]["gray_box"]["FGSM"]["no_defense"] += 1.0
+    (tmp_path / "table2_b.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="Table 2 reports disagree on A/FGSM"):
+        render.headline("mnist")
