@@ -242,16 +242,15 @@ ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PG
                  "distance": "PGD on the distances"}
 
 
-#: The paper's table for each data set: the default results name of ``evaluate``.
-PAPER_TABLE = {"mnist": "table2", "fashion-mnist": "table3", "cifar10": "table4"}
-
-
 def _evaluation_defaults(args: argparse.Namespace) -> None:
-    """Fill ``--classifiers`` and ``--name`` from ``--dataset`` when they are not given."""
+    """Fill ``--classifiers`` and ``--name`` (the paper's table for the data set, e.g.
+    ``table3_fashion-mnist``) from ``--dataset`` when they are not given."""
+    from .evaluation import PAPER_DATASETS
+
     if args.classifiers is None:
         args.classifiers = [f"A={args.dataset}-classifier-a", f"B={args.dataset}-classifier-b"]
     if args.name is None:
-        args.name = f"{PAPER_TABLE[args.dataset]}_{args.dataset}"
+        args.name = f"table{PAPER_DATASETS[args.dataset][1]}_{args.dataset}"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "AttackCache",
     "DEFENSE_NAMES",
     "defense_columns",
+    "PAPER_DATASETS",
     "PAPER_TABLES",
     "EvalSettings",
     "defended_accuracy",
@@ -63,6 +64,10 @@ def _paper_rows(values: str) -> dict[str, float]:
     columns = ("no_attack", "no_defense", "adv-training", "magnet", "defense-gan", "puvae")
     return dict(zip(columns, map(float, values.split()), strict=True))
 
+
+#: Data set -> (its name in prose, the number of the paper's table that reports it).
+PAPER_DATASETS: Mapping[str, tuple[str, int]] = {"mnist": ("MNIST", 2), "fashion-mnist": ("Fashion-MNIST", 3),
+                                                  "cifar10": ("CIFAR-10", 4)}
 
 #: Tables 2 (MNIST) and 3 (Fashion-MNIST) of the paper: (classifier, attack) -> column -> %.
 #: Columns: ``no_attack``, ``no_defense`` and the defense labels of :data:`DEFENSE_NAMES`.

@@ -31,20 +31,21 @@ from puvae_defense import PurifiedClassifier
 from puvae_defense.baselines import load_purifier
 from puvae_defense.classifiers import PaperClassifier, accuracy
 from puvae_defense.data import load_dataset
-from puvae_defense.evaluation import defended_accuracy
+from puvae_defense.evaluation import PAPER_DATASETS, defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.serialization import WEIGHTS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Data set -> (its name in model cards and Hub metadata, in prose, the paper's table).
-DATASETS = {"mnist": ("mnist", "MNIST", "Table 2"), "fashion-mnist": ("fashion_mnist", "Fashion-MNIST", "Table 3")}
+#: Data set -> its name in model cards and Hub metadata.
+CARD_DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion_mnist"}
 
 
 def descriptions(dataset: str) -> dict[str, tuple[str, str]]:
     """Baseline name -> (model type, description) for a data set (MagNet and Defense-GAN keep
     their MNIST architectures on Fashion-MNIST: the images have the same shape)."""
-    _, prose, table = DATASETS[dataset]
+    prose, number = PAPER_DATASETS[dataset]
+    table = f"Table {number}"
     trained_on = "" if dataset == "mnist" else f", trained on {prose}"
 
     def adversarial(arch: str) -> tuple[str, str]:
@@ -81,13 +82,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/baselines"))
     parser.add_argument("--out", type=Path, default=ROOT / "hub")
     parser.add_argument("--gan-images", type=int, default=500)
-    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
+    parser.add_argument("--dataset", default="mnist", choices=sorted(CARD_DATASETS))
     parser.add_argument("--classifiers", nargs="+", default=None, metavar="NAME=MODEL",
                         help="classifiers measured behind the purifiers (default: A and B of --dataset, registered)")
     args = parser.parse_args()
     classifiers = dict(item.split("=", 1) for item in args.classifiers) if args.classifiers else {
         net: f"{args.dataset}-classifier-{net.lower()}" for net in ("A", "B")}
-    card_dataset = DATASETS[args.dataset][0]
+    card_dataset = CARD_DATASETS[args.dataset]
     torch.manual_seed(0)
     test = load_dataset(args.dataset, "test")
     for name, (kind, description) in descriptions(args.dataset).items():

@@ -14,22 +14,21 @@ import re
 from pathlib import Path
 
 from puvae_defense import hub
-from puvae_defense.evaluation import ADAPTIVE_ATTACKS, DEFENSE_NAMES, defense_columns, results_markdown
+from puvae_defense.evaluation import ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_DATASETS, defense_columns, results_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-#: Data set -> (the paper's table, its results files, its name in prose). Each table's reports,
-#: each on some classifiers and some defenses, are merged into one table (run separately to fit
-#: the CPU's time); a defense must have the same weights in all of them.
-TABLES = {"mnist": ("Table 2", "table2*.json", "MNIST"), "fashion-mnist": ("Table 3", "table3*.json", "Fashion-MNIST")}
-#: Adaptive-attack reports merged into one table (run separately to fit the CPU's time): every
-#: ``adaptive*.json`` in docs/results (the 0.1.0 results live in a subfolder).
-ADAPTIVE_REPORTS = tuple(sorted(p.name for p in RESULTS.glob("adaptive*.json")))
 
 
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _results(pattern: str) -> list[dict]:
+    """Every results file in docs/results matching ``pattern``, in name order (subfolders, such
+    as the 0.1.0 results, are not read)."""
+    return [json.loads(path.read_text()) for path in sorted(RESULTS.glob(pattern))]
 
 
 def models_table() -> str:
@@ -120,20 +119,19 @@ def merge_reports(reports: list[dict], table: str) -> dict:
     return {"classifiers": classifiers, "meta": meta}
 
 
-def _reports(pattern: str, dataset: str) -> list[dict]:
-    """The results files matching ``pattern``, each checked to be on ``dataset``."""
-    reports = [r for r in map(_load, sorted(p.name for p in RESULTS.glob(pattern))) if r is not None]
+def headline(dataset: str) -> str:
+    """The paper's table for ``dataset`` (Table 2 or 3) with the adaptive attacks and AutoAttack on its weights.
+
+    The table merges every ``table<N>*.json`` report (each on some classifiers and defenses, run
+    separately to fit the CPU's time); a defense must have the same weights in all of them.
+    """
+    prose, number = PAPER_DATASETS[dataset]
+    table, pattern = f"Table {number}", f"table{number}*.json"
+    reports = _results(pattern)
     for report in reports:
         if report["meta"]["settings"]["dataset"] != dataset:
             raise SystemExit(f"a {pattern} report in {RESULTS} is on {report['meta']['settings']['dataset']!r}, "
                              f"not {dataset!r}: rename it")
-    return reports
-
-
-def headline(dataset: str) -> str:
-    """The paper's table for ``dataset`` (Table 2 or 3) with the adaptive attacks and AutoAttack on its weights."""
-    table, pattern, prose = TABLES[dataset]
-    reports = _reports(pattern, dataset)
     if not reports:
         return (f"_Not evaluated yet: {table} needs the {prose} models; `puvae-defense evaluate --dataset {dataset}` "
                 "runs it (docs/evaluation.md)._")
@@ -150,8 +148,8 @@ def headline(dataset: str) -> str:
     ]
     # Only defenses measured on the same weights as in the table belong in its tables.
     weights = _weights(merged)
-    adaptive = [r for r in map(_load, ADAPTIVE_REPORTS) if r is not None
-                and r["meta"]["settings"]["dataset"] == dataset and any(_matches(r, weights).values())]
+    adaptive = [r for r in _results("adaptive*.json")
+                if r["meta"]["settings"]["dataset"] == dataset and any(_matches(r, weights).values())]
     if not adaptive:
         old = " and the 0.1.0 purifier's results are kept in `docs/results/0.1.0/`" if dataset == "mnist" else ""
         lines += ["", "Adaptive white-box attacks (PGD through the purifier, BPDA, EOT, PGD on the purifier's "
@@ -168,9 +166,8 @@ def headline(dataset: str) -> str:
             "",
             adaptive_table(adaptive, weights),
         ]
-    for name in sorted(p.name for p in RESULTS.glob(f"autoattack_{dataset}_*.json")):
-        aa = _load(name)
-        if aa is None or aa.get("purifier_fingerprint") != weights.get(("puvae", "purifier")):
+    for aa in _results(f"autoattack_{dataset}_*.json"):
+        if aa.get("purifier_fingerprint") != weights.get(("puvae", "purifier")):
             continue
         s_low, s_high = aa["square_alone_wilson95"]
         square = (f"Square alone (gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "
