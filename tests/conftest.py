@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 # Before anything imports triton or huggingface_hub (both read these at import time).
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -63,6 +66,14 @@ def tiny_cifar_vae() -> PuVAE:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` (scripts are not a package) as a fresh module."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def synthetic_dataset(n: int = 96, shape: tuple[int, int, int] = (1, 28, 28), classes: int = 10, seed: int = 0):

@@ -6,19 +6,17 @@ functions run with 2 iterations and 20 queries so that they stay fast.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from puvae_defense import PurifiedClassifier, PuVAE
 
+from conftest import load_script
+
 pytest.importorskip("torchattacks")
-_spec = importlib.util.spec_from_file_location("autoattack_script", Path(__file__).parent.parent / "scripts" / "autoattack.py")
-autoattack = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(autoattack)
+autoattack = load_script("autoattack")
 
 
 def test_wilson_interval_matches_known_values() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from puvae_defense.baselines import ImagePurifier, MagNetConfig, MagNetReformer,
 from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
 from puvae_defense.evaluation import EvalSettings, defended_accuracy, distance_logits, evaluate
 
-from conftest import synthetic_dataset
+from conftest import load_script, synthetic_dataset
 
 
 def _net() -> torch.nn.Module:
@@ -321,16 +320,9 @@ def test_input_transform_runs_on_checked_inputs_before_the_purifier(tiny_vae, im
         torch.testing.assert_close(magnet(images), net(magnet.purifier.purify((images > 0.5).float())))
 
 
-def _finish_baselines_script():
-    spec = importlib.util.spec_from_file_location("finish_baselines", Path(__file__).parent.parent / "scripts" / "finish_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_finish_baselines_names_each_datasets_models() -> None:
     """Each data set gets its own baseline names; the MNIST cards keep the bundled descriptions."""
-    script = _finish_baselines_script()
+    script = load_script("finish_baselines")
     mnist, fashion = script.descriptions("mnist"), script.descriptions("fashion-mnist")
     assert set(fashion) == {"magnet-fashion-mnist", "defense-gan-fashion-mnist", "fashion-mnist-adv-classifier-a",
                             "fashion-mnist-adv-classifier-b"}
@@ -343,7 +335,7 @@ def test_finish_baselines_names_each_datasets_models() -> None:
 
 
 def test_finish_baselines_measures_behind_the_given_classifiers(tmp_path) -> None:
-    script = _finish_baselines_script()
+    script = load_script("finish_baselines")
     torch.manual_seed(0)
     MagNetReformer().eval().save_pretrained(tmp_path / "magnet")
     PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -15,9 +16,7 @@ RESULTS = ROOT / "docs" / "results"
 
 @pytest.fixture
 def render(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("render_docs", ROOT / "scripts" / "render_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("render_docs")
     monkeypatch.setattr(module, "RESULTS", tmp_path)
     return module
 
