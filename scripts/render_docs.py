@@ -133,8 +133,7 @@ def headline(dataset: str) -> str:
             raise SystemExit(f"a {pattern} report in {RESULTS} is on {report['meta']['settings']['dataset']!r}, "
                              f"not {dataset!r}: rename it")
     if not reports:
-        return (f"_Not evaluated yet: {table} needs the {prose} models; `puvae-defense evaluate --dataset {dataset}` "
-                "runs it (docs/evaluation.md)._")
+        return f"_Not evaluated yet: no `{pattern}` report in docs/results; docs/evaluation.md says how to make them._"
     merged = merge_reports(reports, table)
     sizes = {result["n"] for result in merged["classifiers"].values()}
     runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {r['meta']['wall_seconds'] / 60:.0f} min)"
