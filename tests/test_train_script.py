@@ -1,0 +1,71 @@
+"""scripts/train_mnist.py: which classifiers it trains again and which it reuses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script, synthetic_dataset
+
+from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+
+script = load_script("train_mnist")
+
+
+@pytest.fixture
+def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Replace the trainer by an untrained network; record (arch, epochs) of every call."""
+    calls: list[tuple[str, int]] = []
+
+    def fake_fit(dataset, arch, *, epochs, **_):
+        calls.append((arch, epochs))
+        return PaperClassifier(ClassifierConfig(arch))
+
+    monkeypatch.setattr(script, "fit_classifier", fake_fit)
+    return calls
+
+
+def _save(folder: Path, arch: str, metadata: dict) -> None:
+    PaperClassifier(ClassifierConfig(arch)).save_pretrained(folder, metadata=metadata)
+
+
+def _args(tmp_path: Path, dataset: str = "fashion-mnist") -> argparse.Namespace:
+    return argparse.Namespace(dataset=dataset, work=tmp_path / "work", out=tmp_path / "out", smoke=False)
+
+
+def _data() -> dict:
+    return {"train": synthetic_dataset(20), "val": synthetic_dataset(20, seed=1)}
+
+
+def test_specs_follow_the_data_set():
+    assert script.classifier_specs("mnist")["mnist-classifier-a"] == ("A", 5)
+    fashion = script.classifier_specs("fashion-mnist")
+    assert fashion["fashion-mnist-classifier-b"] == ("B", script.TARGET_EPOCHS["fashion-mnist"])
+    assert fashion["fashion-mnist-source"] == ("source", 5)  # the PuVAE is trained against it
+
+
+def test_a_run_with_other_epochs_is_trained_again(tmp_path, trained):
+    args = _args(tmp_path)
+    epochs = script.TARGET_EPOCHS["fashion-mnist"]
+    _save(args.work / "fashion-mnist-source", "source", {"val_accuracy": 90.0, "epochs": 5, "seconds": 1.0,
+                                                         "hardware": "cpu"})
+    for arch in "ab":
+        _save(args.work / f"fashion-mnist-classifier-{arch}", arch.upper(),
+              {"val_accuracy": 90.0, "epochs": 5, "seconds": 1.0, "hardware": "cpu"})
+    results = script.train_classifiers(args, _data(), torch.device("cpu"))
+    assert trained == [("A", epochs), ("B", epochs)]  # the source (5 epochs, as specified) is kept
+    meta = json.loads((args.work / "fashion-mnist-classifier-a" / "config.json").read_text())["metadata"]
+    assert meta["epochs"] == epochs and results["fashion-mnist-classifier-a"]["training"]["epochs"] == epochs
+
+
+def test_shipped_weights_are_reused_only_when_their_epochs_match(tmp_path, trained):
+    args = _args(tmp_path, "mnist")
+    for name, arch, epochs in [("mnist-source", "source", 5), ("mnist-classifier-a", "A", 5), ("mnist-classifier-b", "B", 3)]:
+        _save(args.out / name, arch, {"metrics": {"val_accuracy": 99.0}, "training": {"epochs": epochs}})
+    results = script.train_classifiers(args, _data(), torch.device("cpu"))
+    assert trained == [("B", 5)]
+    assert results["mnist-classifier-a"]["folder"] == args.out / "mnist-classifier-a"
+    assert results["mnist-classifier-b"]["folder"] == args.work / "mnist-classifier-b"
