@@ -28,10 +28,17 @@ from .training import evaluate_purifier, latent_spread
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SELECTOR_SETTINGS", "choose_recipe", "load_selector", "selection_metrics", "train_selector"]
+__all__ = ["SELECTOR_SETTINGS", "choose_recipe", "default_selector_path", "load_selector", "selection_metrics",
+           "train_selector"]
 
 #: How the held-out selection classifier is trained (``fit_classifier`` arguments).
 SELECTOR_SETTINGS: Mapping[str, object] = {"arch": "cw", "epochs": 2, "seed": 1}
+
+
+def default_selector_path(dataset: str) -> Path:
+    """Where the training scripts keep a data set's selector: ``runs/selection/heldout-cw``,
+    with ``-<dataset>`` for data sets other than MNIST."""
+    return Path("runs/selection/heldout-cw" + ("" if dataset == "mnist" else f"-{dataset}"))
 
 
 def train_selector(train: ImageDataset, *, device: torch.device | str | None = None) -> PaperClassifier:

@@ -24,6 +24,7 @@ from puvae_defense import PuVAE
 from puvae_defense.attacks import fgsm, random_targets
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
+from puvae_defense.selection import default_selector_path
 
 CONFUSIONS = 5
 
@@ -55,9 +56,8 @@ def main() -> None:
                              "for data sets other than MNIST)")
     parser.add_argument("--n", type=int, default=500)
     args = parser.parse_args()
-    selector_path = args.selector or "runs/selection/heldout-cw" + ("" if args.dataset == "mnist" else f"-{args.dataset}")
     vae = PuVAE.from_pretrained(args.model)
-    selector = PaperClassifier.from_pretrained(selector_path)
+    selector = PaperClassifier.from_pretrained(args.selector or default_selector_path(args.dataset))
     val = load_dataset(args.dataset, "val").subset(0, args.n)
     x, y = val.images, val.labels
     targets = random_targets(y, vae.num_classes, torch.Generator().manual_seed(1))

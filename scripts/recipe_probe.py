@@ -43,7 +43,7 @@ import torch
 from puvae_defense import PuVAE
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
-from puvae_defense.selection import load_selector, selection_metrics
+from puvae_defense.selection import default_selector_path, load_selector, selection_metrics
 from puvae_defense.training import fit
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="training images (the first n of the split)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--source", default="mnist-source")
-    parser.add_argument("--selector", type=Path, default=Path("runs/selection/heldout-cw"))
+    parser.add_argument("--selector", type=Path, default=default_selector_path("mnist"))
     parser.add_argument("--work", type=Path, default=Path("runs/probes"))
     parser.add_argument("--out", type=Path, default=Path("runs/probes.jsonl"))
     parser.add_argument("--model", type=Path, default=None, help="score this trained PuVAE folder instead of training")

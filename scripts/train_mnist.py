@@ -44,7 +44,7 @@ from puvae_defense.data import ImageDataset, load_dataset
 from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
-from puvae_defense.selection import choose_recipe, load_selector, selection_metrics
+from puvae_defense.selection import choose_recipe, default_selector_path, load_selector, selection_metrics
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Data set -> (name in model cards and Hub metadata, description of the splits).
@@ -268,7 +268,7 @@ def main() -> None:
     device = torch.device(args.device)
     args.work = args.work or Path("runs") / args.dataset
     if args.selector is None:
-        args.selector = Path("runs/selection/heldout-cw" + ("" if args.dataset == "mnist" else f"-{args.dataset}"))
+        args.selector = default_selector_path(args.dataset)
     data = {split: load_dataset(args.dataset, split, root=args.data_root) for split in ("train", "val", "test")}
     if args.smoke:
         data = {"train": data["train"].subset(0, 512), "val": data["val"].subset(0, 200), "test": data["test"].subset(0, 200)}

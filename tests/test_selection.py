@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from puvae_defense import PuVAE
-from puvae_defense.selection import SELECTOR_SETTINGS, choose_recipe, selection_metrics
+from puvae_defense.selection import SELECTOR_SETTINGS, choose_recipe, default_selector_path, selection_metrics
 
 from conftest import synthetic_dataset, tiny_source
 
@@ -45,3 +47,8 @@ def test_load_selector_trains_once_then_loads(tmp_path, monkeypatch) -> None:
     second = selection.load_selector(tmp_path / "sel", data)
     assert calls == [1] and first.config.arch == "cw"
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_default_selector_path_is_per_dataset() -> None:
+    assert default_selector_path("mnist") == Path("runs/selection/heldout-cw")
+    assert default_selector_path("fashion-mnist") == Path("runs/selection/heldout-cw-fashion-mnist")
