@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "DATA_ROOT_ENV",
+    "HUB_DATASET_IDS",
     "DatasetNotFoundError",
     "ImageDataset",
     "default_data_root",
@@ -36,6 +37,8 @@ __all__ = [
 
 DATA_ROOT_ENV = "PUVAE_DEFENSE_DATA"
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10"]
+#: Data set -> its Hugging Face Hub id, as model cards and Hub metadata name it.
+HUB_DATASET_IDS: dict[str, str] = {"mnist": "mnist", "fashion-mnist": "fashion_mnist", "cifar10": "cifar10"}
 Split = Literal["train", "val", "test", "train-full"]
 _TRAIN_SIZE = 50_000
 

@@ -30,15 +30,15 @@ import torch
 from puvae_defense import PurifiedClassifier
 from puvae_defense.baselines import load_purifier
 from puvae_defense.classifiers import PaperClassifier, accuracy
-from puvae_defense.data import load_dataset
+from puvae_defense.data import HUB_DATASET_IDS, load_dataset
 from puvae_defense.evaluation import PAPER_DATASETS, defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.serialization import WEIGHTS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Data set -> its name in model cards and Hub metadata.
-CARD_DATASETS = {"mnist": "mnist", "fashion-mnist": "fashion_mnist"}
+#: The data sets whose baselines this script bundles.
+DATASETS = ("mnist", "fashion-mnist")
 
 
 def descriptions(dataset: str) -> dict[str, tuple[str, str]]:
@@ -82,13 +82,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/baselines"))
     parser.add_argument("--out", type=Path, default=ROOT / "hub")
     parser.add_argument("--gan-images", type=int, default=500)
-    parser.add_argument("--dataset", default="mnist", choices=sorted(CARD_DATASETS))
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS)
     parser.add_argument("--classifiers", nargs="+", default=None, metavar="NAME=MODEL",
                         help="classifiers measured behind the purifiers (default: A and B of --dataset, registered)")
     args = parser.parse_args()
     classifiers = dict(item.split("=", 1) for item in args.classifiers) if args.classifiers else {
         net: f"{args.dataset}-classifier-{net.lower()}" for net in ("A", "B")}
-    card_dataset = CARD_DATASETS[args.dataset]
+    card_dataset = HUB_DATASET_IDS[args.dataset]
     torch.manual_seed(0)
     test = load_dataset(args.dataset, "test")
     for name, (kind, description) in descriptions(args.dataset).items():

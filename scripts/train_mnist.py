@@ -40,18 +40,17 @@ import torch
 
 from puvae_defense import PuVAE, PurifiedClassifier
 from puvae_defense.classifiers import PaperClassifier, accuracy, fit_classifier
-from puvae_defense.data import ImageDataset, load_dataset
+from puvae_defense.data import HUB_DATASET_IDS, ImageDataset, load_dataset
 from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
 from puvae_defense.selection import choose_recipe, default_selector_path, load_selector, selection_metrics
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
-#: Data set -> (name in model cards and Hub metadata, description of the splits).
+#: Data set -> description of the splits.
 DATASETS = {
-    "mnist": ("mnist", "MNIST, first 50,000 training images (validation: last 10,000; test: official 10,000)"),
-    "fashion-mnist": ("fashion_mnist", "Fashion-MNIST, first 50,000 training images (validation: last 10,000; "
-                      "test: official 10,000)"),
+    "mnist": "MNIST, first 50,000 training images (validation: last 10,000; test: official 10,000)",
+    "fashion-mnist": "Fashion-MNIST, first 50,000 training images (validation: last 10,000; test: official 10,000)",
 }
 
 
@@ -117,7 +116,7 @@ def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
                                                     "epochs": epochs, "seconds": seconds, **_environment(device)})
         saved = _metadata(folder)
         _log(f"{name}: validation accuracy {saved['val_accuracy']:.2f}% ({saved['seconds']:.0f} s)")
-        training = {"data": DATASETS[args.dataset][1],
+        training = {"data": DATASETS[args.dataset],
                     "command": f"`{_command()}`", "epochs": saved["epochs"], "optimizer": "Adam 1e-3, cosine schedule, batch 128",
                     "wall time": f"{saved['seconds']:.0f} s on {saved['hardware']}", "seed": 0}
         results[name] = {"folder": folder, "val_accuracy": saved["val_accuracy"], "training": training}
@@ -211,14 +210,14 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
                     "val_latent_spread_ratio": spread["reconstruction"] / spread["input"]})
     paper = dataclasses.asdict(TrainConfig())
     changed = {k: v for k, v in meta["options"].items() if paper[k] != v}
-    training = {"data": DATASETS[ds][1].split(" (")[0] + "; recipe chosen on the last 10,000",
+    training = {"data": DATASETS[ds].split(" (")[0] + "; recipe chosen on the last 10,000",
                 "command": f"`{_command()}`",
                 "recipe": f"`{chosen}` (`puvae_defense.recipes`): `{json.dumps(changed, sort_keys=True)}` on top of the paper's settings",
                 "epochs": len(meta["history"]),
                 "training time": f"{meta['seconds']:.0f} s on {meta['hardware']} (training loops of all epochs, resumed runs included)",
                 "source classifier": source_name, "selection classifier": "held-out `cw` network, seed 1 (never A, B or the source)",
                 "seed": 0}
-    description = (f"PuVAE (Table 1 of the paper, 1x28x28, 10 classes) trained on {DATASETS[ds][1].split(',')[0]}. It purifies an input by "
+    description = (f"PuVAE (Table 1 of the paper, 1x28x28, 10 classes) trained on {DATASETS[ds].split(',')[0]}. It purifies an input by "
                    "projecting it onto every class and keeping the projection closest in RMSE.")
     body = "\n".join([
         "## Latent code (measured)", "",
@@ -236,10 +235,10 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
 def _finish_folder(folder: Path, name: str, model_type: str, description: str,
                    metrics: dict[str, float], training: dict[str, Any], dataset: str, body: str = "") -> None:
     config = json.loads((folder / "config.json").read_text())
-    config["metadata"] = {"name": name, "dataset": DATASETS[dataset][0], "description": description, "metrics": metrics,
+    config["metadata"] = {"name": name, "dataset": HUB_DATASET_IDS[dataset], "description": description, "metrics": metrics,
                           "training": training}
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (folder / "README.md").write_text(model_card(name=name, model_type=model_type, dataset=DATASETS[dataset][0],
+    (folder / "README.md").write_text(model_card(name=name, model_type=model_type, dataset=HUB_DATASET_IDS[dataset],
                                                  description=description, metrics=metrics, training=training, body=body))
 
 
