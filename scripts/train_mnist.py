@@ -104,17 +104,17 @@ def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
             results[name] = {"folder": shipped, "val_accuracy": shipped_meta["metrics"]["val_accuracy"],
                              "training": shipped_meta["training"]}
             continue
-        trained = _metadata(folder).get("epochs")
-        if trained is not None and trained != epochs:
-            _log(f"{name}: {folder} was trained for {trained} epochs, not {epochs}: training it again")
-        if trained != epochs:
+        saved = _metadata(folder)
+        if saved.get("epochs") != epochs:
+            if saved:
+                _log(f"{name}: {folder} was trained for {saved.get('epochs')} epochs, not {epochs}: training it again")
             _log(f"training {name} ({arch}, {epochs} epochs)")
             start = time.perf_counter()
             model = fit_classifier(data["train"], arch, epochs=epochs, device=device, seed=0, progress=False)
             seconds = time.perf_counter() - start
-            model.save_pretrained(folder, metadata={"val_accuracy": accuracy(model, data["val"], device=device),
-                                                    "epochs": epochs, "seconds": seconds, **_environment(device)})
-        saved = _metadata(folder)
+            saved = {"val_accuracy": accuracy(model, data["val"], device=device), "epochs": epochs, "seconds": seconds,
+                     **_environment(device)}
+            model.save_pretrained(folder, metadata=saved)
         _log(f"{name}: validation accuracy {saved['val_accuracy']:.2f}% ({saved['seconds']:.0f} s)")
         training = {"data": DATASETS[args.dataset],
                     "command": f"`{_command()}`", "epochs": saved["epochs"], "optimizer": "Adam 1e-3, cosine schedule, batch 128",
