@@ -1,8 +1,9 @@
 """Short PuVAE training runs to compare recipes on the validation split (CPU-sized).
 
 Each probe trains the paper-size PuVAE with a named recipe (``--recipe``) plus JSON
-overrides on the first ``--n`` training images for ``--epochs`` epochs,
-against the shipped source classifier ``mnist-source``. It is then measured on the first
+overrides on the first ``--n`` training images of ``--dataset`` for ``--epochs`` epochs,
+against a source classifier (``--source``: a folder or registered name; default the shipped
+``<dataset>-source``), from random weights or, with ``--init``, from a trained PuVAE. It is then measured on the first
 ``--val-images`` images of the validation split with the **held-out selection classifier**
 (``puvae_defense.selection``: architecture ``cw``, seed 1, trained here once if ``--selector``
 does not exist; never A, B or the source):
@@ -27,6 +28,8 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py robust-scale300 '{"proj_scale": 300.0}' --n 10000
     python scripts/recipe_probe.py robust-frac75 '{"noise_fraction": 0.75}' --n 10000
     python scripts/recipe_probe.py robust-seed1 '{"seed": 1}' --n 10000
+    python scripts/recipe_probe.py fashion-ft-source5 --dataset fashion-mnist --recipe finetune \
+        --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-mnist/fashion-mnist-source --epochs 1
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
@@ -54,8 +57,10 @@ def main() -> None:
     parser.add_argument("--recipe", default="robust")
     parser.add_argument("--n", type=int, default=20_000, help="training images (the first n of the split)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--source", default="mnist-source")
-    parser.add_argument("--selector", type=Path, default=default_selector_path("mnist"))
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--source", default=None, help="source classifier (default: <dataset>-source)")
+    parser.add_argument("--init", default=None, help="start from this trained PuVAE (folder or registered name)")
+    parser.add_argument("--selector", type=Path, default=None, help="default: the data set's held-out selector")
     parser.add_argument("--work", type=Path, default=Path("runs/probes"))
     parser.add_argument("--out", type=Path, default=Path("runs/probes.jsonl"))
     parser.add_argument("--model", type=Path, default=None, help="score this trained PuVAE folder instead of training")
@@ -63,9 +68,9 @@ def main() -> None:
     parser.add_argument("--amp", default="off", choices=["off", "bf16"],
                         help="bf16 autocast pays only on CPUs with bf16 units (8x slower than fp32 on an AVX2-only CPU)")
     args = parser.parse_args()
-    train, val = load_dataset("mnist", "train"), load_dataset("mnist", "val")
-    selector = load_selector(args.selector, train)
-    source = PaperClassifier.from_pretrained(args.source)
+    train, val = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "val")
+    selector = load_selector(args.selector or default_selector_path(args.dataset), train)
+    source = PaperClassifier.from_pretrained(args.source or f"{args.dataset}-source")
     options = json.loads(args.options)
     folder = args.model or args.work / args.name
     if (folder / "model.safetensors").is_file():
@@ -73,12 +78,14 @@ def main() -> None:
     else:
         start = time.perf_counter()
         vae = fit(train.subset(0, args.n), source, recipe=args.recipe, val_dataset=val, val_size=args.val_images,
-                  epochs=args.epochs, amp=args.amp, progress=False, checkpoint_dir=folder / "checkpoints", **options)
+                  epochs=args.epochs, amp=args.amp, progress=False, checkpoint_dir=folder / "checkpoints",
+                  init=args.init, **options)
         seconds = time.perf_counter() - start
         vae.save_pretrained(folder)
-    trained = {"model": str(args.model)} if args.model else {"recipe": args.recipe, "options": options, "n": args.n,
-                                                              "epochs": args.epochs}
-    record = {"name": args.name, **trained,
+    trained = {"model": str(args.model)} if args.model else {
+        "recipe": args.recipe, "options": options, "n": args.n, "epochs": args.epochs, "init": args.init,
+        "source": args.source or f"{args.dataset}-source"}
+    record = {"name": args.name, "dataset": args.dataset, **trained,
               "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp,
               **selection_metrics(vae, selector, val.subset(0, args.val_images))}
     with open(args.out, "a") as handle:
