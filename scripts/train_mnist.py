@@ -45,6 +45,7 @@ from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
 from puvae_defense.selection import choose_recipe, default_selector_path, load_selector, selection_metrics
+from puvae_defense.serialization import WEIGHTS_NAME, sha256_of
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Data set -> description of the splits.
@@ -123,13 +124,32 @@ def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
     return results
 
 
+#: A PuVAE run folder's record of the source classifier it trains against (sha256 of its weights).
+SOURCE_RECORD = "source.sha256"
+
+
+def check_source(folder: Path, source_digest: str) -> None:
+    """Record ``source_digest`` in a PuVAE run folder, or stop if the folder trained against another source.
+
+    A finished or half-finished run (its checkpoints resume) belongs to one source classifier;
+    reusing it after the source changed would ship a purifier that never saw that source.
+    """
+    record = folder / SOURCE_RECORD
+    if record.is_file() and record.read_text().strip() != source_digest:
+        raise SystemExit(f"{folder} was trained against another source classifier (sha256 {record.read_text().strip()}, "
+                         f"now {source_digest}): move it away or pass another --work to train the PuVAE again")
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(source_digest + "\n")
+
+
 def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDataset], source: torch.nn.Module,
-                           selector: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+                           source_digest: str, selector: torch.nn.Module, device: torch.device) -> dict[str, Any]:
     """Recipe name -> metadata of its trained PuVAE (recipe, history, validation selection scores)."""
     sweep: dict[str, Any] = {}
     longest = 0.0
     for name in args.recipes:
         folder = args.work / f"puvae-{name}"
+        check_source(folder, source_digest)
         done = (folder / "final" / "model.safetensors").is_file()
         if not done and sweep and args.deadline is not None and time.time() + longest > args.deadline:
             _log(f"skipping recipe {name!r}: it would not finish within --time-budget")
@@ -273,12 +293,13 @@ def main() -> None:
         data = {"train": data["train"].subset(0, 512), "val": data["val"].subset(0, 200), "test": data["test"].subset(0, 200)}
         args.selector = args.work / "selector"
     classifiers = train_classifiers(args, data, device)
-    source = PaperClassifier.from_pretrained(classifiers[f"{args.dataset}-source"]["folder"], device=device)
+    source_folder = classifiers[f"{args.dataset}-source"]["folder"]
+    source = PaperClassifier.from_pretrained(source_folder, device=device)
     selector = load_selector(args.selector, data["train"], device=device)
     if args.clean_target is None:
         args.clean_target = 98.0 if args.dataset == "mnist" else accuracy(selector, data["val"], device=device) - 3.0
     _log(f"clean target for the recipe choice: {args.clean_target:.2f}%")
-    sweep = train_puvae_candidates(args, data, source, selector, device)
+    sweep = train_puvae_candidates(args, data, source, sha256_of(source_folder / WEIGHTS_NAME), selector, device)
     chosen = choose_recipe({name: saved["selection"] for name, saved in sweep.items()}, clean_target=args.clean_target)
     _log(f"chosen recipe: {chosen!r}")
     summary = write_hub(args, data, device, classifiers, sweep, chosen)

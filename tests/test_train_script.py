@@ -69,3 +69,12 @@ def test_shipped_weights_are_reused_only_when_their_epochs_match(tmp_path, train
     assert trained == [("B", 5)]
     assert results["mnist-classifier-a"]["folder"] == args.out / "mnist-classifier-a"
     assert results["mnist-classifier-b"]["folder"] == args.work / "mnist-classifier-b"
+
+
+def test_puvae_run_folder_is_tied_to_its_source_classifier(tmp_path: Path) -> None:
+    folder = tmp_path / "puvae-robust"
+    script.check_source(folder, "a" * 64)
+    script.check_source(folder, "a" * 64)  # the same source resumes or reuses the run
+    assert (folder / script.SOURCE_RECORD).read_text().strip() == "a" * 64
+    with pytest.raises(SystemExit, match="another source classifier"):
+        script.check_source(folder, "b" * 64)
