@@ -46,7 +46,7 @@ import torch
 from puvae_defense import PuVAE
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
-from puvae_defense.selection import default_selector_path, load_selector, selection_metrics
+from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector, selection_metrics
 from puvae_defense.training import fit
 
 
@@ -69,7 +69,8 @@ def main() -> None:
                         help="bf16 autocast pays only on CPUs with bf16 units (8x slower than fp32 on an AVX2-only CPU)")
     args = parser.parse_args()
     train, val = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "val")
-    selector = load_selector(args.selector or default_selector_path(args.dataset), train)
+    selector = load_selector(args.selector or default_selector_path(args.dataset), train,
+                             epochs=SELECTOR_EPOCHS[args.dataset])
     source = PaperClassifier.from_pretrained(args.source or f"{args.dataset}-source")
     options = json.loads(args.options)
     folder = args.model or args.work / args.name

@@ -44,8 +44,9 @@ from puvae_defense.data import HUB_DATASET_IDS, ImageDataset, load_dataset
 from puvae_defense.evaluation import defended_accuracy
 from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
-from puvae_defense.selection import choose_recipe, default_selector_path, load_selector, selection_metrics
-from puvae_defense.serialization import WEIGHTS_NAME, sha256_of
+from puvae_defense.selection import (SELECTOR_EPOCHS, choose_recipe, default_selector_path, load_selector,
+                                    selection_metrics)
+from puvae_defense.serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Data set -> description of the splits.
@@ -144,7 +145,11 @@ def check_source(folder: Path, source_digest: str) -> None:
 
 def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDataset], source: torch.nn.Module,
                            source_digest: str, selector: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-    """Recipe name -> metadata of its trained PuVAE (recipe, history, validation selection scores)."""
+    """Recipe name -> metadata of its trained PuVAE (recipe, history, validation selection scores).
+
+    Scores recorded with another selector than ``args.selector`` are measured again.
+    """
+    selector_digest = sha256_of(args.selector / WEIGHTS_NAME)
     sweep: dict[str, Any] = {}
     longest = 0.0
     for name in args.recipes:
@@ -163,11 +168,20 @@ def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDatase
             vae = fit(data["train"], source, recipe=recipe, val_dataset=data["val"], checkpoint_dir=folder,
                       device=device, progress=False)
             seconds = sum(epoch.seconds for epoch in vae.training_history)  # every epoch, resumed runs included
-            scores = selection_metrics(vae, selector, data["val"].subset(0, SELECTION_IMAGES))
+            scores = {**selection_metrics(vae, selector, data["val"].subset(0, SELECTION_IMAGES)),
+                      "selector_sha256": selector_digest}
             vae.save_pretrained(folder / "final", metadata={
                 "recipe": name, "options": dataclasses.asdict(recipe), "seconds": seconds,
                 "history": [h.to_dict() for h in vae.training_history], "selection": scores, **_environment(device)})
-        saved = json.loads((folder / "final" / "config.json").read_text())["metadata"]
+        config_file = folder / "final" / CONFIG_NAME
+        config = json.loads(config_file.read_text())
+        saved = config["metadata"]
+        if saved["selection"].get("selector_sha256") != selector_digest:  # scored by another selector: score again
+            _log(f"recipe {name!r}: scoring it with the selector in {args.selector}")
+            vae = PuVAE.from_pretrained(folder / "final", device=device)
+            saved["selection"] = {**selection_metrics(vae, selector, data["val"].subset(0, SELECTION_IMAGES)),
+                                  "selector_sha256": selector_digest}
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         longest = max(longest, saved["seconds"])
         scores = saved["selection"]
         _log(f"recipe {name!r}: selector through the purifier on validation: clean {scores['clean']:.2f}%, "
@@ -295,7 +309,8 @@ def main() -> None:
     classifiers = train_classifiers(args, data, device)
     source_folder = classifiers[f"{args.dataset}-source"]["folder"]
     source = PaperClassifier.from_pretrained(source_folder, device=device)
-    selector = load_selector(args.selector, data["train"], device=device)
+    selector = load_selector(args.selector, data["train"], epochs=1 if args.smoke else SELECTOR_EPOCHS[args.dataset],
+                             device=device)
     if args.clean_target is None:
         args.clean_target = 98.0 if args.dataset == "mnist" else accuracy(selector, data["val"], device=device) - 3.0
     _log(f"clean target for the recipe choice: {args.clean_target:.2f}%")

@@ -40,13 +40,31 @@ def test_load_selector_trains_once_then_loads(tmp_path, monkeypatch) -> None:
     data = synthetic_dataset(40)
     calls = []
     real = selection.train_selector
-    monkeypatch.setattr(selection, "train_selector", lambda train, device=None: calls.append(1) or real(
-        train, device=device))
-    monkeypatch.setattr(selection, "SELECTOR_SETTINGS", {**selection.SELECTOR_SETTINGS, "epochs": 1})
-    first = selection.load_selector(tmp_path / "sel", data)
-    second = selection.load_selector(tmp_path / "sel", data)
+    monkeypatch.setattr(selection, "train_selector", lambda train, epochs, device=None: calls.append(epochs) or real(
+        train, epochs=epochs, device=device))
+    first = selection.load_selector(tmp_path / "sel", data, epochs=1)
+    second = selection.load_selector(tmp_path / "sel", data, epochs=1)
     assert calls == [1] and first.config.arch == "cw"
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    with pytest.raises(ValueError, match="trained for 1 epochs, not 20"):
+        selection.load_selector(tmp_path / "sel", data, epochs=20)
+
+
+def test_a_selector_saved_without_metadata_counts_as_two_epochs(tmp_path) -> None:
+    from puvae_defense import selection
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+
+    PaperClassifier(ClassifierConfig("cw")).save_pretrained(tmp_path / "old")
+    data = synthetic_dataset(4)
+    assert selection.load_selector(tmp_path / "old", data, epochs=2).config.arch == "cw"
+    with pytest.raises(ValueError, match="trained for 2 epochs, not 20"):
+        selection.load_selector(tmp_path / "old", data, epochs=20)
+
+
+def test_selector_epochs_cover_the_training_data_sets() -> None:
+    from puvae_defense.selection import SELECTOR_EPOCHS
+
+    assert SELECTOR_EPOCHS["mnist"] == 2 and SELECTOR_EPOCHS["fashion-mnist"] == 20
 
 
 def test_default_selector_path_is_per_dataset() -> None:

@@ -78,3 +78,25 @@ def test_puvae_run_folder_is_tied_to_its_source_classifier(tmp_path: Path) -> No
     assert (folder / script.SOURCE_RECORD).read_text().strip() == "a" * 64
     with pytest.raises(SystemExit, match="another source classifier"):
         script.check_source(folder, "b" * 64)
+
+
+def test_a_finished_run_is_scored_again_when_the_selector_changed(tmp_path: Path, tiny_vae, monkeypatch) -> None:
+    selector_folder = tmp_path / "selector"
+    PaperClassifier(ClassifierConfig("cw")).save_pretrained(selector_folder)
+    digest = script.sha256_of(selector_folder / script.WEIGHTS_NAME)
+    final = tmp_path / "work" / "puvae-robust" / "final"
+    scores = {"clean": 50.0, "fgsm": 10.0, "projection": 60.0, "kl": 1.0, "spread": 0.5}
+    tiny_vae.save_pretrained(final, metadata={"seconds": 1.0, "selection": {**scores, "selector_sha256": "older"}})
+    calls: list[int] = []
+    monkeypatch.setattr(script, "selection_metrics", lambda vae, selector, data: calls.append(len(data)) or
+                        {**scores, "clean": 70.0})
+    args = argparse.Namespace(**vars(_args(tmp_path)), recipes=["robust"], selector=selector_folder, deadline=None)
+    data = {"train": synthetic_dataset(20), "val": synthetic_dataset(20, seed=1)}
+
+    sweep = script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(),
+                                          torch.device("cpu"))
+    assert calls == [20] and sweep["robust"]["selection"] == {**scores, "clean": 70.0, "selector_sha256": digest}
+    stored = json.loads((final / "config.json").read_text())["metadata"]["selection"]
+    assert stored["selector_sha256"] == digest and stored["clean"] == 70.0
+    script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(), torch.device("cpu"))
+    assert calls == [20]  # the same selector again: the stored scores are used
