@@ -71,12 +71,13 @@ def main() -> None:
     train, val = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "val")
     selector = load_selector(args.selector or default_selector_path(args.dataset), train,
                              epochs=SELECTOR_EPOCHS[args.dataset])
-    source = PaperClassifier.from_pretrained(args.source or f"{args.dataset}-source")
+    source_name = args.source or f"{args.dataset}-source"
     options = json.loads(args.options)
     folder = args.model or args.work / args.name
     if (folder / "model.safetensors").is_file():
         vae, seconds = PuVAE.from_pretrained(folder, dtype=torch.float32), None
     else:
+        source = PaperClassifier.from_pretrained(source_name)  # only training needs it
         start = time.perf_counter()
         vae = fit(train.subset(0, args.n), source, recipe=args.recipe, val_dataset=val, val_size=args.val_images,
                   epochs=args.epochs, amp=args.amp, progress=False, checkpoint_dir=folder / "checkpoints",
@@ -85,7 +86,7 @@ def main() -> None:
         vae.save_pretrained(folder)
     trained = {"model": str(args.model)} if args.model else {
         "recipe": args.recipe, "options": options, "n": args.n, "epochs": args.epochs, "init": args.init,
-        "source": args.source or f"{args.dataset}-source"}
+        "source": source_name}
     record = {"name": args.name, "dataset": args.dataset, **trained,
               "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp,
               **selection_metrics(vae, selector, val.subset(0, args.val_images))}

@@ -8,7 +8,8 @@ PuVAE runs resume from their checkpoints. Classifiers already shipped in ``--out
 reused as they are (their weights and training facts); only their "through the purifier"
 metric is measured again. The PuVAE is trained with each named recipe in ``--recipes``
 (``puvae_defense.recipes``) and the one to ship is chosen on the validation split with the
-held-out selection classifier (``puvae_defense.selection``: never A, B or the source):
+held-out selection classifier (``puvae_defense.selection``: never A, B or the source; trained
+for ``SELECTOR_EPOCHS[dataset]``, and a finished PuVAE scored by another selector is scored again):
 
 1. candidates whose selector accuracy through the purifier on clean validation images
    reaches the clean target are preferred (MNIST: 98%; other data sets: 3 points below the
