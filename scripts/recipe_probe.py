@@ -28,8 +28,12 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py robust-scale300 '{"proj_scale": 300.0}' --n 10000
     python scripts/recipe_probe.py robust-frac75 '{"noise_fraction": 0.75}' --n 10000
     python scripts/recipe_probe.py robust-seed1 '{"seed": 1}' --n 10000
+    # Fashion-MNIST (docs/training.md), each also with --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl:
+    python scripts/recipe_probe.py fashion-robust-8ep --dataset fashion-mnist --model runs/fashion-mnist/puvae-robust/final
     python scripts/recipe_probe.py fashion-ft-source5 --dataset fashion-mnist --recipe finetune \
         --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-mnist/fashion-mnist-source --epochs 1
+    python scripts/recipe_probe.py fashion-ft-source20 --dataset fashion-mnist --recipe finetune \
+        --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-probes/source-20ep --epochs 1
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
