@@ -3,10 +3,11 @@
 Each probe trains the paper-size PuVAE with a named recipe (``--recipe``) plus JSON
 overrides on the first ``--n`` training images of ``--dataset`` for ``--epochs`` epochs,
 against a source classifier (``--source``: a folder or registered name; default the shipped
-``<dataset>-source``), from random weights or, with ``--init``, from a trained PuVAE. It is then measured on the first
-``--val-images`` images of the validation split with the **held-out selection classifier**
-(``puvae_defense.selection``: architecture ``cw``, seed 1, trained here once if ``--selector``
-does not exist; never A, B or the source):
+``<dataset>-source``), from random weights or, with ``--init``, from a trained PuVAE. It is
+then measured on the first ``--val-images`` images of the validation split with the
+**held-out selection classifier** (``puvae_defense.selection``: architecture ``cw``, seed 1,
+``SELECTOR_EPOCHS`` of the data set, trained here once if ``--selector`` does not exist;
+never A, B or the source):
 
 - ``clean``: its accuracy on purified clean images;
 - ``fgsm``: its accuracy on purified targeted-FGSM images (eps 0.3, random wrong targets)

@@ -155,11 +155,11 @@ def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDatase
     longest = 0.0
     for name in args.recipes:
         folder = args.work / f"puvae-{name}"
-        check_source(folder, source_digest)
         done = (folder / "final" / "model.safetensors").is_file()
         if not done and sweep and args.deadline is not None and time.time() + longest > args.deadline:
             _log(f"skipping recipe {name!r}: it would not finish within --time-budget")
             continue
+        check_source(folder, source_digest)
         if not done:
             changes = {"amp": args.amp, "val_size": 200 if args.smoke else VAL_SIZE}
             if args.smoke or args.epochs:
