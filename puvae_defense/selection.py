@@ -13,7 +13,6 @@ targeted-FGSM validation images computed on the selector (the paper's gray-box t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from .classifiers import PaperClassifier, fit_classifier
 from .data import ImageDataset
 from .evaluation import defended_accuracy
 from .model import PuVAE
-from .serialization import CONFIG_NAME, WEIGHTS_NAME
+from .serialization import WEIGHTS_NAME, read_metadata
 from .training import evaluate_purifier, latent_spread
 
 logger = logging.getLogger(__name__)
@@ -72,7 +71,7 @@ def load_selector(path: str | os.PathLike[str], train: ImageDataset, *, epochs: 
         logger.info("training the held-out selection classifier into %s (%d epochs)", path, epochs)
         train_selector(train, epochs=epochs, device=device).save_pretrained(
             path, dtype=torch.float16, metadata={"epochs": epochs, **SELECTOR_SETTINGS})
-    saved = json.loads((path / CONFIG_NAME).read_text()).get("metadata", {}).get("epochs", _UNRECORDED_EPOCHS)
+    saved = read_metadata(path).get("epochs", _UNRECORDED_EPOCHS)
     if saved != epochs:
         raise ValueError(f"the selector in {path} was trained for {saved} epochs, not {epochs}: "
                          "move it away to train the one asked for")

@@ -28,6 +28,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "load_state_dict_into",
     "read_config",
+    "read_metadata",
     "save_folder",
     "sha256_of",
     "weights_fingerprint",
@@ -131,6 +132,13 @@ def read_config(directory: str | os.PathLike[str], *, model_type: str) -> dict[s
             f"{LIBRARY_NAME} reads format_version {FORMAT_VERSION}"
         )
     return payload["config"]
+
+
+def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``metadata`` that :meth:`PretrainedMixin.save_pretrained` stored in a folder's
+    ``config.json``; empty when the folder, its config or its metadata is absent."""
+    path = Path(directory) / CONFIG_NAME
+    return json.loads(path.read_text()).get("metadata", {}) if path.is_file() else {}
 
 
 def load_state_dict_into(module: nn.Module, weights_path: str | os.PathLike[str]) -> nn.Module:

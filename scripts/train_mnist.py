@@ -47,7 +47,7 @@ from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
 from puvae_defense.selection import (SELECTOR_EPOCHS, choose_recipe, default_selector_path, load_selector,
                                     selection_metrics)
-from puvae_defense.serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
+from puvae_defense.serialization import CONFIG_NAME, WEIGHTS_NAME, read_metadata, sha256_of
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Data set -> description of the splits.
@@ -88,26 +88,20 @@ def _command() -> str:
     return "python scripts/train_mnist.py " + " ".join(sys.argv[1:])
 
 
-def _metadata(folder: Path) -> dict[str, Any]:
-    """The metadata of a saved model folder; empty when there is none."""
-    config = folder / "config.json"
-    return json.loads(config.read_text()).get("metadata", {}) if config.is_file() else {}
-
-
 def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device) -> dict[str, Any]:
     """Name -> {"folder", "val_accuracy", "training"}: trained in ``--work`` or reused from ``--out``."""
     results = {}
     for name, (arch, epochs) in classifier_specs(args.dataset).items():
         folder, shipped = args.work / name, args.out / name
         epochs = 1 if args.smoke else epochs
-        shipped_meta = _metadata(shipped)
+        shipped_meta = read_metadata(shipped)
         if (not args.smoke and not (folder / "model.safetensors").is_file()
                 and shipped_meta.get("training", {}).get("epochs") == epochs):
             _log(f"{name}: reusing the shipped weights in {shipped}")
             results[name] = {"folder": shipped, "val_accuracy": shipped_meta["metrics"]["val_accuracy"],
                              "training": shipped_meta["training"]}
             continue
-        saved = _metadata(folder)
+        saved = read_metadata(folder)
         if saved.get("epochs") != epochs:
             if saved:
                 _log(f"{name}: {folder} was trained for {saved.get('epochs')} epochs, not {epochs}: training it again")

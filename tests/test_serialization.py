@@ -107,3 +107,13 @@ def test_wrong_file_name(tmp_path, tiny_vae: PuVAE) -> None:
     folder = tiny_vae.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="not a model.safetensors"):
         PuVAE.from_pretrained(folder / "config.json")
+
+
+def test_read_metadata_returns_what_was_saved_and_empty_when_absent(tmp_path) -> None:
+    from puvae_defense.serialization import read_metadata
+
+    PuVAE(TINY_MNIST).save_pretrained(tmp_path / "with", metadata={"epochs": 3})
+    PuVAE(TINY_MNIST).save_pretrained(tmp_path / "without")
+    assert read_metadata(tmp_path / "with") == {"epochs": 3}
+    assert read_metadata(tmp_path / "without") == {}
+    assert read_metadata(tmp_path / "missing") == {}
