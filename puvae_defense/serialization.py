@@ -141,6 +141,20 @@ def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text()).get("metadata", {}) if path.is_file() else {}
 
 
+def write_metadata(directory: str | os.PathLike[str], metadata: Mapping[str, Any]) -> None:
+    """Replace the ``metadata`` in a saved folder's ``config.json``, keeping the rest of the file.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json`` (save the model first).
+    """
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: save the model before writing its metadata")
+    payload = json.loads(path.read_text())
+    payload["metadata"] = dict(metadata)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
 def load_state_dict_into(module: nn.Module, weights_path: str | os.PathLike[str]) -> nn.Module:
     """Load a safetensors file into ``module`` with strict key, shape and value checks.
 

@@ -33,7 +33,7 @@ from puvae_defense.classifiers import PaperClassifier, accuracy
 from puvae_defense.data import HUB_DATASET_IDS, load_dataset
 from puvae_defense.evaluation import PAPER_DATASETS, defended_accuracy
 from puvae_defense.model_card import model_card
-from puvae_defense.serialization import WEIGHTS_NAME
+from puvae_defense.serialization import WEIGHTS_NAME, read_metadata, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,13 +100,11 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for item in ("config.json", WEIGHTS_NAME):
             shutil.copyfile(source / item, folder / item)
-        config = json.loads((folder / "config.json").read_text())
-        trained = config.get("metadata", {})
+        trained = read_metadata(folder)
         metrics = {**trained.get("metrics", {}), **measure(kind, folder, test, args.gan_images, classifiers)}
         training = {**trained.get("training", {}), "measured by": "python scripts/finish_baselines.py"}
-        config["metadata"] = {"name": name, "dataset": card_dataset, "description": description, "metrics": metrics,
-                              "training": training}
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_metadata(folder, {"name": name, "dataset": card_dataset, "description": description, "metrics": metrics,
+                                "training": training})
         (folder / "README.md").write_text(model_card(name=name, model_type=kind, dataset=card_dataset, description=description,
                                                      metrics=metrics, training=training))
         print(f"{name}: {json.dumps(metrics)}")

@@ -117,3 +117,14 @@ def test_read_metadata_returns_what_was_saved_and_empty_when_absent(tmp_path) ->
     assert read_metadata(tmp_path / "with") == {"epochs": 3}
     assert read_metadata(tmp_path / "without") == {}
     assert read_metadata(tmp_path / "missing") == {}
+
+
+def test_write_metadata_replaces_only_the_metadata(tmp_path) -> None:
+    from puvae_defense.serialization import read_metadata, write_metadata
+
+    PuVAE(TINY_MNIST).save_pretrained(tmp_path / "model", metadata={"epochs": 3, "old": True})
+    write_metadata(tmp_path / "model", {"epochs": 4})
+    assert read_metadata(tmp_path / "model") == {"epochs": 4}
+    assert PuVAE.from_pretrained(tmp_path / "model").config == PuVAE(TINY_MNIST).config
+    with pytest.raises(FileNotFoundError, match="save the model"):
+        write_metadata(tmp_path / "missing", {"epochs": 1})
