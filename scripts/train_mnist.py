@@ -47,7 +47,7 @@ from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
 from puvae_defense.selection import (SELECTOR_EPOCHS, choose_recipe, default_selector_path, load_selector,
                                     selection_metrics)
-from puvae_defense.serialization import CONFIG_NAME, WEIGHTS_NAME, read_metadata, sha256_of
+from puvae_defense.serialization import WEIGHTS_NAME, read_metadata, sha256_of, write_metadata
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Data set -> description of the splits.
@@ -168,15 +168,13 @@ def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDatase
             vae.save_pretrained(folder / "final", metadata={
                 "recipe": name, "options": dataclasses.asdict(recipe), "seconds": seconds,
                 "history": [h.to_dict() for h in vae.training_history], "selection": scores, **_environment(device)})
-        config_file = folder / "final" / CONFIG_NAME
-        config = json.loads(config_file.read_text())
-        saved = config["metadata"]
+        saved = read_metadata(folder / "final")
         if saved["selection"].get("selector_sha256") != selector_digest:  # scored by another selector: score again
             _log(f"recipe {name!r}: scoring it with the selector in {args.selector}")
             vae = PuVAE.from_pretrained(folder / "final", device=device)
             saved["selection"] = {**selection_metrics(vae, selector, data["val"].subset(0, SELECTION_IMAGES)),
                                   "selector_sha256": selector_digest}
-            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            write_metadata(folder / "final", saved)
         longest = max(longest, saved["seconds"])
         scores = saved["selection"]
         _log(f"recipe {name!r}: selector through the purifier on validation: clean {scores['clean']:.2f}%, "
@@ -204,29 +202,42 @@ def limitations(metrics: dict[str, float], last: dict[str, float], spread: dict[
     return "\n".join(lines)
 
 
-def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device,
-              classifiers: dict[str, Any], sweep: dict[str, Any], chosen: str) -> dict[str, Any]:
-    """fp16 Hub folders with model cards; test metrics measured on the fp16 weights users get."""
+def write_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device,
+                      classifiers: dict[str, Any], vae: PuVAE | None = None) -> tuple[dict[str, PaperClassifier], dict[str, Any]]:
+    """fp16 Hub folders with model cards for the source and classifiers A and B.
+
+    Test metrics are measured on the fp16 weights users get; with ``vae``, also through it.
+    Returns the loaded networks and name -> {"metrics"}.
+    """
     test, ds = data["test"], args.dataset
-    puvae_name, source_name, specs = f"puvae-{ds}", f"{ds}-source", classifier_specs(ds)
-    summary: dict[str, Any] = {"chosen_recipe": chosen, "command": _command(), **_environment(device), "models": {}}
-    nets = {}
-    for name, info in classifiers.items():
+    through = f"test_accuracy_through_puvae_{ds.replace('-', '_')}"
+    nets, models = {}, {}
+    for name, (arch, _) in classifier_specs(ds).items():
+        info = classifiers[name]
         if info["folder"] != args.out / name:
             PaperClassifier.from_pretrained(info["folder"]).save_pretrained(args.out / name, dtype=torch.float16)
-        nets[name] = PaperClassifier.from_pretrained(args.out / name, device=device)
-    PuVAE.from_pretrained(args.work / f"puvae-{chosen}" / "final").save_pretrained(args.out / puvae_name, dtype=torch.float16)
-    vae = PuVAE.from_pretrained(args.out / puvae_name, device=device)
-    through = f"test_accuracy_through_{puvae_name.replace('-', '_')}"
-    for name, (arch, _) in specs.items():
-        metrics = {"test_accuracy": accuracy(nets[name], test, device=device),
-                   through: defended_accuracy(PurifiedClassifier(nets[name], vae), test),
-                   "val_accuracy": classifiers[name]["val_accuracy"]}
+        nets[name] = net = PaperClassifier.from_pretrained(args.out / name, device=device)
+        metrics = {"test_accuracy": accuracy(net, test, device=device), "val_accuracy": info["val_accuracy"]}
+        if vae is not None:
+            metrics[through] = defended_accuracy(PurifiedClassifier(net, vae), test)
         description = (f"Classifier {arch} of the PuVAE paper's supplement (Defense-GAN family), trained by puvae-defense."
                        if arch != "source" else
-                       f"The source classifier M_s whose cross-entropy trains {puvae_name} (eq. 11-12); deliberately not A or B.")
-        _finish_folder(args.out / name, name, "classifier", description, metrics, classifiers[name]["training"], ds)
-        summary["models"][name] = {"metrics": metrics}
+                       f"The source classifier M_s whose cross-entropy trains puvae-{ds} (eq. 11-12); deliberately not A or B.")
+        _finish_folder(args.out / name, name, "classifier", description, metrics, info["training"], ds)
+        models[name] = {"metrics": metrics}
+    return nets, models
+
+
+def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device,
+              classifiers: dict[str, Any], sweep: dict[str, Any], chosen: str) -> dict[str, Any]:
+    """fp16 Hub folders with model cards for every model; test metrics measured on the fp16 weights users get."""
+    test, ds = data["test"], args.dataset
+    puvae_name, source_name, specs = f"puvae-{ds}", f"{ds}-source", classifier_specs(ds)
+    PuVAE.from_pretrained(args.work / f"puvae-{chosen}" / "final").save_pretrained(args.out / puvae_name, dtype=torch.float16)
+    vae = PuVAE.from_pretrained(args.out / puvae_name, device=device)
+    nets, models = write_classifiers(args, data, device, classifiers, vae)
+    summary: dict[str, Any] = {"chosen_recipe": chosen, "command": _command(), **_environment(device), "models": models}
+    through = f"test_accuracy_through_{puvae_name.replace('-', '_')}"
     meta = sweep[chosen]
     last = meta["history"][-1]
     spread = latent_spread(vae, data["val"])
@@ -263,10 +274,8 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
 
 def _finish_folder(folder: Path, name: str, model_type: str, description: str,
                    metrics: dict[str, float], training: dict[str, Any], dataset: str, body: str = "") -> None:
-    config = json.loads((folder / "config.json").read_text())
-    config["metadata"] = {"name": name, "dataset": HUB_DATASET_IDS[dataset], "description": description, "metrics": metrics,
-                          "training": training}
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_metadata(folder, {"name": name, "dataset": HUB_DATASET_IDS[dataset], "description": description,
+                            "metrics": metrics, "training": training})
     (folder / "README.md").write_text(model_card(name=name, model_type=model_type, dataset=HUB_DATASET_IDS[dataset],
                                                  description=description, metrics=metrics, training=training, body=body))
 
@@ -287,6 +296,8 @@ def main() -> None:
     parser.add_argument("--clean-target", type=float, default=None,
                         help="selector accuracy (%%) through the purifier a recipe must reach (default: 98 on MNIST, "
                              "3 points below the undefended selector elsewhere)")
+    parser.add_argument("--classifiers-only", action="store_true",
+                        help="train (or reuse) the source and classifiers A and B, write their folders in --out, and stop")
     parser.add_argument("--smoke", action="store_true", help="tiny subsets and 1 epoch, to test the script")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds; recipe candidates that would not finish in time are skipped")
@@ -302,6 +313,10 @@ def main() -> None:
         data = {"train": data["train"].subset(0, 512), "val": data["val"].subset(0, 200), "test": data["test"].subset(0, 200)}
         args.selector = args.work / "selector"
     classifiers = train_classifiers(args, data, device)
+    if args.classifiers_only:
+        _, models = write_classifiers(args, data, device, classifiers)
+        _log(json.dumps({n: m["metrics"] for n, m in models.items()}, indent=1))
+        return
     source_folder = classifiers[f"{args.dataset}-source"]["folder"]
     source = PaperClassifier.from_pretrained(source_folder, device=device)
     selector = load_selector(args.selector, data["train"], epochs=1 if args.smoke else SELECTOR_EPOCHS[args.dataset],

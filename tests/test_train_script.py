@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,24 @@ def test_a_finished_run_is_scored_again_when_the_selector_changed(tmp_path: Path
     assert stored["selector_sha256"] == digest and stored["clean"] == 70.0
     script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(), torch.device("cpu"))
     assert calls == [20]  # the same selector again: the stored scores are used
+
+
+def test_classifier_folders_are_written_without_and_with_a_purifier(tmp_path: Path, trained, tiny_vae) -> None:
+    args = _args(tmp_path)
+    data = {**_data(), "test": synthetic_dataset(20, seed=2)}
+    classifiers = script.train_classifiers(args, data, torch.device("cpu"))
+    nets, models = script.write_classifiers(args, data, torch.device("cpu"), classifiers)
+    through = "test_accuracy_through_puvae_fashion_mnist"
+    for name in script.classifier_specs("fashion-mnist"):
+        config = json.loads((args.out / name / "config.json").read_text())
+        assert config["metadata"]["name"] == name and through not in config["metadata"]["metrics"]
+        assert set(models[name]["metrics"]) == {"test_accuracy", "val_accuracy"}
+        assert next(nets[name].parameters()).dtype == torch.float32  # loaded for use; stored in fp16
+        assert name in (args.out / name / "README.md").read_text()
+    # A later full run on a fresh machine (no work folder) reuses the shipped folders, as their epochs match,
+    # and adds the accuracy through the purifier.
+    shutil.rmtree(args.work)
+    reused = script.train_classifiers(args, data, torch.device("cpu"))
+    assert len(trained) == 3 and all(info["folder"] == args.out / name for name, info in reused.items())
+    _, models = script.write_classifiers(args, data, torch.device("cpu"), reused, tiny_vae)
+    assert all(through in m["metrics"] for m in models.values())
