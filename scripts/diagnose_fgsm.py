@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("model", help="PuVAE folder or registered name")
     parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
     parser.add_argument("--selector", default=None,
-                        help="held-out selection classifier (default runs/selection/heldout-cw, with -<dataset> "
+                        help="held-out selection classifier (default selectors/heldout-cw, with -<dataset> "
                              "for data sets other than MNIST)")
     parser.add_argument("--n", type=int, default=500)
     args = parser.parse_args()

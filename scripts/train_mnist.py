@@ -291,7 +291,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' epoch counts")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast for PuVAE training")
     parser.add_argument("--selector", type=Path, default=None,
-                        help="held-out selection classifier, trained here if absent (default runs/selection/heldout-cw, "
+                        help="held-out selection classifier, trained here if absent (default selectors/heldout-cw, "
                              "with -DATASET for other data sets than MNIST)")
     parser.add_argument("--clean-target", type=float, default=None,
                         help="selector accuracy (%%) through the purifier a recipe must reach (default: 98 on MNIST, "

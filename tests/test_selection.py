@@ -68,5 +68,5 @@ def test_selector_epochs_cover_the_training_data_sets() -> None:
 
 
 def test_default_selector_path_is_per_dataset() -> None:
-    assert default_selector_path("mnist") == Path("runs/selection/heldout-cw")
-    assert default_selector_path("fashion-mnist") == Path("runs/selection/heldout-cw-fashion-mnist")
+    assert default_selector_path("mnist") == Path("selectors/heldout-cw")
+    assert default_selector_path("fashion-mnist") == Path("selectors/heldout-cw-fashion-mnist")
