@@ -220,9 +220,11 @@ def write_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
         metrics = {"test_accuracy": accuracy(net, test, device=device), "val_accuracy": info["val_accuracy"]}
         if vae is not None:
             metrics[through] = defended_accuracy(PurifiedClassifier(net, vae), test)
-        description = (f"Classifier {arch} of the PuVAE paper's supplement (Defense-GAN family), trained by puvae-defense."
-                       if arch != "source" else
-                       f"The source classifier M_s whose cross-entropy trains puvae-{ds} (eq. 11-12); deliberately not A or B.")
+        data_name = DATASETS[ds].split(",")[0]
+        description = (f"Classifier {arch} of the PuVAE paper's supplement (Defense-GAN family), trained on {data_name} by "
+                       "puvae-defense." if arch != "source" else
+                       f"The source classifier M_s whose cross-entropy trains puvae-{ds} (eq. 11-12) on {data_name}; "
+                       "deliberately not A or B.")
         _finish_folder(args.out / name, name, "classifier", description, metrics, info["training"], ds)
         models[name] = {"metrics": metrics}
     return nets, models
