@@ -265,7 +265,7 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
         "## Latent code (measured)", "",
         f"Within-class pixel spread of the decodings of mu on 1,000 validation images: {spread['reconstruction']:.4f}, "
         f"against {spread['input']:.4f} for the inputs (ratio {metrics['val_latent_spread_ratio']:.2f}); validation KL "
-        f"{last['val_kl']:.2f} nats per image. The projections follow the input's handwriting, not a class template.", "",
+        f"{last['val_kl']:.2f} nats per image. The projections follow the individual input, not a class template.", "",
         limitations(metrics, last, spread, args.clean_target)])
     _finish_folder(args.out / puvae_name, puvae_name, "puvae", description, metrics, training, ds, body)
     summary["models"][puvae_name] = {"metrics": metrics, "recipe": chosen}
