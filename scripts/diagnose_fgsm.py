@@ -10,7 +10,7 @@ chosen). Validation split only.
 
 Usage:
     python scripts/diagnose_fgsm.py runs/probes/robust
-    python scripts/diagnose_fgsm.py runs/hub-fashion/puvae-fashion-mnist --dataset fashion-mnist --n 2000
+    python scripts/diagnose_fgsm.py hub/puvae-fashion-mnist --dataset fashion-mnist --n 2000
 """
 
 from __future__ import annotations
