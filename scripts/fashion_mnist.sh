@@ -2,8 +2,8 @@
 # Fashion-MNIST from data to Table 3, in resumable stages (each skips what is already done, so
 # a run killed by a session's end continues where it stopped). Hours on a 2-core CPU.
 #
-#   scripts/fashion_mnist.sh classifiers  # source, A and B (about 1.5 h here) into hub/, with model cards
-#   scripts/fashion_mnist.sh train        # held-out selector and PuVAE (robust, 8 epochs) into hub/;
+#   scripts/fashion_mnist.sh classifiers  # source, A and B (65 min here) into hub/, with model cards
+#   scripts/fashion_mnist.sh train        # PuVAE (robust, 8 epochs) into hub/, scored by selectors/;
 #                                         # reuses the classifiers in hub/ and adds their accuracy through it
 #   scripts/fashion_mnist.sh baselines    # MagNet's reformer, adversarially trained A and B
 #   scripts/fashion_mnist.sh bundle       # register the hub/ models, measure the baselines behind A and B
