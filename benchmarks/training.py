@@ -2,8 +2,8 @@
 
 Trains the paper-size PuVAE for one epoch on the first ``--images`` training images of
 ``--dataset`` with a named recipe, once per precision (``--amp``), interleaved over
-``--repeats`` rounds after a short warm-up epoch of each, against an untrained source classifier (the time of a step does not
-depend on the weights). Reports the median seconds per batch of each precision and what that
+``--repeats`` rounds after a short warm-up epoch of each, against an untrained source
+classifier (the time of a step does not depend on the weights). Reports the median seconds per batch of each precision and what that
 makes of an epoch on 50,000 images, so a long run can be sized before it starts (a run cut by a
 session's end is lost when its checkpoints are).
 
@@ -63,8 +63,8 @@ def main() -> None:
     source = PaperClassifier(ClassifierConfig("source")).to(device).eval()
     batch_size = get_recipe(args.recipe).batch_size
     batches = -(-args.images // batch_size)
-    # The first bf16 epoch of a process pays for building its kernels (over a minute on our CPU): one
-    # warm-up epoch of two batches per precision, reported apart.
+    # The first epoch of a precision in a process also pays for building its kernels: one warm-up
+    # epoch of two batches per precision, reported apart.
     warmup = {amp: epoch_seconds(train.subset(0, min(args.images, 2 * batch_size)), source, args.recipe, amp, device)
               for amp in args.amp}
     seconds: dict[str, list[float]] = {amp: [] for amp in args.amp}

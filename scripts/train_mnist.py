@@ -202,6 +202,11 @@ def limitations(metrics: dict[str, float], last: dict[str, float], spread: dict[
     return "\n".join(lines)
 
 
+def through_metric(dataset: str) -> str:
+    """Name of a classifier card's metric: test accuracy through the data set's PuVAE."""
+    return f"test_accuracy_through_puvae_{dataset.replace('-', '_')}"
+
+
 def write_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], device: torch.device,
                       classifiers: dict[str, Any], vae: PuVAE | None = None) -> tuple[dict[str, PaperClassifier], dict[str, Any]]:
     """fp16 Hub folders with model cards for the source and classifiers A and B.
@@ -210,7 +215,7 @@ def write_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
     Returns the loaded networks and name -> {"metrics"}.
     """
     test, ds = data["test"], args.dataset
-    through = f"test_accuracy_through_puvae_{ds.replace('-', '_')}"
+    data_name = DATASETS[ds].split(",")[0]
     nets, models = {}, {}
     for name, (arch, _) in classifier_specs(ds).items():
         info = classifiers[name]
@@ -219,8 +224,7 @@ def write_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
         nets[name] = net = PaperClassifier.from_pretrained(args.out / name, device=device)
         metrics = {"test_accuracy": accuracy(net, test, device=device), "val_accuracy": info["val_accuracy"]}
         if vae is not None:
-            metrics[through] = defended_accuracy(PurifiedClassifier(net, vae), test)
-        data_name = DATASETS[ds].split(",")[0]
+            metrics[through_metric(ds)] = defended_accuracy(PurifiedClassifier(net, vae), test)
         description = (f"Classifier {arch} of the PuVAE paper's supplement (Defense-GAN family), trained on {data_name} by "
                        "puvae-defense." if arch != "source" else
                        f"The source classifier M_s whose cross-entropy trains puvae-{ds} (eq. 11-12) on {data_name}; "
@@ -239,11 +243,10 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
     vae = PuVAE.from_pretrained(args.out / puvae_name, device=device)
     nets, models = write_classifiers(args, data, device, classifiers, vae)
     summary: dict[str, Any] = {"chosen_recipe": chosen, "command": _command(), **_environment(device), "models": models}
-    through = f"test_accuracy_through_{puvae_name.replace('-', '_')}"
     meta = sweep[chosen]
     last = meta["history"][-1]
     spread = latent_spread(vae, data["val"])
-    metrics = {f"test_accuracy_{arch}_through_purifier": summary["models"][n]["metrics"][through]
+    metrics = {f"test_accuracy_{arch}_through_purifier": summary["models"][n]["metrics"][through_metric(ds)]
                for n, (arch, _) in specs.items()}
     metrics.update({"test_projection_accuracy": evaluate_purifier(vae, nets[source_name], test)["val_projection_acc"],
                     "val_projection_accuracy": last["val_projection_acc"],

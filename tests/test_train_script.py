@@ -109,6 +109,7 @@ def test_classifier_folders_are_written_without_and_with_a_purifier(tmp_path: Pa
     classifiers = script.train_classifiers(args, data, torch.device("cpu"))
     nets, models = script.write_classifiers(args, data, torch.device("cpu"), classifiers)
     through = "test_accuracy_through_puvae_fashion_mnist"
+    assert script.through_metric("fashion-mnist") == through
     for name in script.classifier_specs("fashion-mnist"):
         config = json.loads((args.out / name / "config.json").read_text())
         assert config["metadata"]["name"] == name and through not in config["metadata"]["metrics"]
