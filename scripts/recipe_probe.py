@@ -1,8 +1,8 @@
 """Short PuVAE training runs to compare recipes on the validation split (CPU-sized).
 
-Each probe trains the paper-size PuVAE with a named recipe (``--recipe``) plus JSON
-overrides on the first ``--n`` training images of ``--dataset`` for ``--epochs`` epochs,
-against a source classifier (``--source``: a folder or registered name; default the shipped
+Each probe trains the paper-size PuVAE (or, with ``--config``, other layer sizes) with a named
+recipe (``--recipe``) plus JSON overrides on the first ``--n`` training images of ``--dataset``
+for ``--epochs`` epochs, against a source classifier (``--source``: a folder or registered name; default the shipped
 ``<dataset>-source``), from random weights or, with ``--init``, from a trained PuVAE. It is
 then measured on the first ``--val-images`` images of the validation split with the
 **held-out selection classifier** (``puvae_defense.selection``: architecture ``cw``, seed 1,
@@ -35,6 +35,15 @@ Usage (the probe table of docs/training.md):
         --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-mnist/fashion-mnist-source --epochs 1
     python scripts/recipe_probe.py fashion-ft-source20 --dataset fashion-mnist --recipe finetune \
         --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-probes/source-20ep --epochs 1
+    # Fashion-MNIST fidelity probes from scratch (each also with --dataset fashion-mnist --amp bf16
+    # --val-images 2000 --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl):
+    python scripts/recipe_probe.py fp-base
+    python scripts/recipe_probe.py fp-kl03 '{"lambda_kl": 0.3}'
+    python scripts/recipe_probe.py fp-kl01 '{"lambda_kl": 0.1}'
+    python scripts/recipe_probe.py fp-rc3 '{"lambda_rc": 3.0}'
+    python scripts/recipe_probe.py fp-ce30 '{"lambda_ce": 30.0}'
+    python scripts/recipe_probe.py fp-frac25 '{"noise_fraction": 0.25}'
+    python scripts/recipe_probe.py fp-lat64 --config '{"latent_dim": 64}'
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
@@ -48,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from puvae_defense import PuVAE
+from puvae_defense import PuVAE, PuVAEConfig
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector, selection_metrics
@@ -59,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
     parser.add_argument("options", nargs="?", default="{}", help="TrainConfig fields as JSON, on top of --recipe")
+    parser.add_argument("--config", default="{}", help="PuVAEConfig fields as JSON (layer sizes), on top of the data set's")
     parser.add_argument("--recipe", default="robust")
     parser.add_argument("--n", type=int, default=20_000, help="training images (the first n of the split)")
     parser.add_argument("--epochs", type=int, default=2)
@@ -84,13 +94,14 @@ def main() -> None:
     else:
         source = PaperClassifier.from_pretrained(source_name)  # only training needs it
         start = time.perf_counter()
-        vae = fit(train.subset(0, args.n), source, recipe=args.recipe, val_dataset=val, val_size=args.val_images,
+        config = PuVAEConfig(**json.loads(args.config)) if args.config != "{}" else None
+        vae = fit(train.subset(0, args.n), source, config=config, recipe=args.recipe, val_dataset=val, val_size=args.val_images,
                   epochs=args.epochs, amp=args.amp, progress=False, checkpoint_dir=folder / "checkpoints",
                   init=args.init, **options)
         seconds = time.perf_counter() - start
         vae.save_pretrained(folder)
     trained = {"model": str(args.model)} if args.model else {
-        "recipe": args.recipe, "options": options, "n": args.n, "epochs": args.epochs, "init": args.init,
+        "recipe": args.recipe, "options": options, "config": json.loads(args.config), "n": args.n, "epochs": args.epochs, "init": args.init,
         "source": source_name}
     record = {"name": args.name, "dataset": args.dataset, **trained,
               "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp,

@@ -236,7 +236,9 @@ def test_named_recipes() -> None:
     paper = get_recipe("paper")
     assert (paper.lambda_rc, paper.lambda_kl, paper.lambda_ce, paper.lambda_proj, paper.input_noise) == (0.01, 0.1, 10.0, 0, 0)
     assert DEFAULT_RECIPE in RECIPES and get_recipe(DEFAULT_RECIPE).lambda_proj > 0
-    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'paper', 'robust'\\]"):
+    kl03, robust = get_recipe("robust-kl03"), get_recipe("robust")
+    assert kl03.lambda_kl == 0.3 and kl03.replace(lambda_kl=robust.lambda_kl) == robust  # one change only
+    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'paper', 'robust', 'robust-kl03'\\]"):
         get_recipe("best")
     with pytest.raises(TypeError):
         RECIPES["mine"] = TrainConfig()  # type: ignore[index]
