@@ -110,11 +110,11 @@ def train_classifiers(args: argparse.Namespace, data: dict[str, ImageDataset], d
             model = fit_classifier(data["train"], arch, epochs=epochs, device=device, seed=0, progress=False)
             seconds = time.perf_counter() - start
             saved = {"val_accuracy": accuracy(model, data["val"], device=device), "epochs": epochs, "seconds": seconds,
-                     **_environment(device)}
+                     "command": _command(), **_environment(device)}
             model.save_pretrained(folder, metadata=saved)
         _log(f"{name}: validation accuracy {saved['val_accuracy']:.2f}% ({saved['seconds']:.0f} s)")
         training = {"data": DATASETS[args.dataset],
-                    "command": f"`{_command()}`", "epochs": saved["epochs"], "optimizer": "Adam 1e-3, cosine schedule, batch 128",
+                    "command": f"`{saved.get('command', _command())}`", "epochs": saved["epochs"], "optimizer": "Adam 1e-3, cosine schedule, batch 128",
                     "wall time": f"{saved['seconds']:.0f} s on {saved['hardware']}", "seed": 0}
         results[name] = {"folder": folder, "val_accuracy": saved["val_accuracy"], "training": training}
     return results

@@ -103,7 +103,8 @@ def test_a_finished_run_is_scored_again_when_the_selector_changed(tmp_path: Path
     assert calls == [20]  # the same selector again: the stored scores are used
 
 
-def test_classifier_folders_are_written_without_and_with_a_purifier(tmp_path: Path, trained, tiny_vae) -> None:
+def test_classifier_folders_are_written_without_and_with_a_purifier(tmp_path: Path, trained, tiny_vae,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     args = _args(tmp_path)
     data = {**_data(), "test": synthetic_dataset(20, seed=2)}
     classifiers = script.train_classifiers(args, data, torch.device("cpu"))
@@ -116,6 +117,10 @@ def test_classifier_folders_are_written_without_and_with_a_purifier(tmp_path: Pa
         assert set(models[name]["metrics"]) == {"test_accuracy", "val_accuracy"}
         assert next(nets[name].parameters()).dtype == torch.float32  # loaded for use; stored in fp16
         assert name in (args.out / name / "README.md").read_text()
+    # A later run with another command reuses the trained folders and keeps the command that trained them.
+    monkeypatch.setattr(script, "_command", lambda: "python scripts/train_mnist.py --recipes robust")
+    again = script.train_classifiers(args, data, torch.device("cpu"))
+    assert all(info["training"] == classifiers[name]["training"] for name, info in again.items())
     # A later full run on a fresh machine (no work folder) reuses the shipped folders, as their epochs match,
     # and adds the accuracy through the purifier.
     shutil.rmtree(args.work)
