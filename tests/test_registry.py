@@ -21,8 +21,10 @@ def _build(entry: hub.PretrainedEntry) -> torch.nn.Module:
 
 
 def test_the_shipped_models_are_registered() -> None:
-    assert {"puvae-mnist", "mnist-classifier-a", "mnist-classifier-b", "mnist-source"} <= set(hub.list_models())
-    assert hub.list_models("puvae") == ["puvae-mnist"]
+    for dataset in ("mnist", "fashion-mnist"):
+        names = {f"puvae-{dataset}", f"{dataset}-classifier-a", f"{dataset}-classifier-b", f"{dataset}-source"}
+        assert names <= set(hub.list_models())
+    assert hub.list_models("puvae") == ["puvae-fashion-mnist", "puvae-mnist"]
 
 
 @pytest.mark.parametrize("name", hub.list_models())
