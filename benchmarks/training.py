@@ -3,9 +3,10 @@
 Trains the paper-size PuVAE for one epoch on the first ``--images`` training images of
 ``--dataset`` with a named recipe, once per precision (``--amp``), interleaved over
 ``--repeats`` rounds after a short warm-up epoch of each, against an untrained source
-classifier (the time of a step does not depend on the weights). Reports the median seconds per batch of each precision and what that
-makes of an epoch on 50,000 images, so a long run can be sized before it starts (a run cut by a
-session's end is lost when its checkpoints are).
+classifier (the time of a step does not depend on the weights). Reports the median seconds
+per batch of each precision and what that makes of an epoch on 50,000 images, so a long run
+can be sized before it starts (a run cut by a session's end is lost when its checkpoints
+are).
 
     python benchmarks/training.py [--dataset fashion-mnist] [--recipe robust] [--images 2560]
         [--repeats 2] [--amp off bf16] [--out docs/results/benchmark_training_cpu.json]

@@ -1,13 +1,13 @@
 """Short PuVAE training runs to compare recipes on the validation split (CPU-sized).
 
-Each probe trains the paper-size PuVAE (or, with ``--config``, other layer sizes) with a named
-recipe (``--recipe``) plus JSON overrides on the first ``--n`` training images of ``--dataset``
-for ``--epochs`` epochs, against a source classifier (``--source``: a folder or registered name; default the shipped
-``<dataset>-source``), from random weights or, with ``--init``, from a trained PuVAE. It is
-then measured on the first ``--val-images`` images of the validation split with the
-**held-out selection classifier** (``puvae_defense.selection``: architecture ``cw``, seed 1,
-``SELECTOR_EPOCHS`` of the data set, trained here once if ``--selector`` does not exist;
-never A, B or the source):
+Each probe trains the paper-size PuVAE (or, with ``--config``, other layer sizes) with a
+named recipe (``--recipe``) plus JSON overrides on the first ``--n`` training images of
+``--dataset`` for ``--epochs`` epochs, against a source classifier (``--source``: a folder
+or registered name; default the shipped ``<dataset>-source``), from random weights or, with
+``--init``, from a trained PuVAE. It is then measured on the first ``--val-images`` images
+of the validation split with the **held-out selection classifier**
+(``puvae_defense.selection``: architecture ``cw``, seed 1, ``SELECTOR_EPOCHS`` of the data
+set, trained here once if ``--selector`` does not exist; never A, B or the source):
 
 - ``clean``: its accuracy on purified clean images;
 - ``fgsm``: its accuracy on purified targeted-FGSM images (eps 0.3, random wrong targets)
@@ -87,21 +87,22 @@ def main() -> None:
     selector = load_selector(args.selector or default_selector_path(args.dataset), train,
                              epochs=SELECTOR_EPOCHS[args.dataset])
     source_name = args.source or f"{args.dataset}-source"
-    options = json.loads(args.options)
+    options, layers = json.loads(args.options), json.loads(args.config)
     folder = args.model or args.work / args.name
     if (folder / "model.safetensors").is_file():
         vae, seconds = PuVAE.from_pretrained(folder, dtype=torch.float32), None
     else:
         source = PaperClassifier.from_pretrained(source_name)  # only training needs it
         start = time.perf_counter()
-        config = PuVAEConfig(**json.loads(args.config)) if args.config != "{}" else None
-        vae = fit(train.subset(0, args.n), source, config=config, recipe=args.recipe, val_dataset=val, val_size=args.val_images,
+        config = PuVAEConfig(**layers) if layers else None  # None: the data set's paper-size model
+        vae = fit(train.subset(0, args.n), source, config=config, recipe=args.recipe, val_dataset=val,
+                  val_size=args.val_images,
                   epochs=args.epochs, amp=args.amp, progress=False, checkpoint_dir=folder / "checkpoints",
                   init=args.init, **options)
         seconds = time.perf_counter() - start
         vae.save_pretrained(folder)
     trained = {"model": str(args.model)} if args.model else {
-        "recipe": args.recipe, "options": options, "config": json.loads(args.config), "n": args.n, "epochs": args.epochs, "init": args.init,
+        "recipe": args.recipe, "options": options, "config": layers, "n": args.n, "epochs": args.epochs, "init": args.init,
         "source": source_name}
     record = {"name": args.name, "dataset": args.dataset, **trained,
               "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp,
