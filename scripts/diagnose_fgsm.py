@@ -6,7 +6,13 @@ targets) on the held-out selection classifier, purifies clean and attacked image
 prints for each: how often the purifier's choice is the true class and how often it is the
 attacker's target, the mean RMSE to the true class's projection and to the nearest wrong
 one, the projection accuracy of every class and the most frequent confusions (true ->
-chosen). Validation split only.
+chosen). With the selector it also splits the accuracy lost through the purifier in two: the
+selector on the chosen projection (what the defense gives), on the true class's projection
+(what a perfect choice among the same candidates would give) and with a consistency rule
+(the nearest of the ``--top`` closest candidates that the selector reads as its own class), and
+with a likelihood rule (the class of the smallest negative ELBO, Bernoulli cross-entropy of the
+mu-decoding plus KL, read on that mu-decoding).
+Validation split only.
 
 Usage:
     python scripts/diagnose_fgsm.py runs/probes/robust
@@ -19,6 +25,7 @@ import argparse
 import json
 
 import torch
+import torch.nn.functional as F
 
 from puvae_defense import PuVAE
 from puvae_defense.attacks import fgsm, random_targets
@@ -27,6 +34,7 @@ from puvae_defense.data import load_dataset
 from puvae_defense.selection import default_selector_path
 
 CONFUSIONS = 5
+CHUNK = 250
 
 
 def choices(labels: torch.Tensor, chosen: torch.Tensor, targets: torch.Tensor, distances: torch.Tensor,
@@ -47,6 +55,42 @@ def choices(labels: torch.Tensor, chosen: torch.Tensor, targets: torch.Tensor, d
                                 "count": int(count)} for count, i in zip(top.values, top.indices) if count > 0]}
 
 
+def elbo_choice(vae: PuVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class of the smallest negative ELBO (mu-decoding) for each image, and that decoding."""
+    scores, decodings = [], []
+    for c in range(vae.num_classes):
+        labels = torch.full((len(images),), c)
+        mu, sigma = vae.encode(images, labels)
+        logits = vae.decode_logits(mu, labels)
+        bce = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(1)
+        scores.append(bce + 0.5 * (mu.pow(2) + sigma.pow(2) - 1 - 2 * sigma.log()).sum(1))
+        decodings.append(torch.sigmoid(logits))
+    chosen = torch.stack(scores, 1).argmin(1)
+    return chosen, torch.stack(decodings, 1)[torch.arange(len(images)), chosen]
+
+
+def selector_reading(vae: PuVAE, selector: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     top: int) -> dict[str, float]:
+    """The selector's accuracy (%) on the candidate each rule picks (see the module docstring)."""
+    generator = torch.Generator().manual_seed(0)
+    right = {"chosen": 0, "true_class": 0, f"consistent_top{top}": 0, "elbo": 0}
+    for start in range(0, len(images), CHUNK):
+        x, y = images[start:start + CHUNK], labels[start:start + CHUNK]
+        candidates = vae.candidates(x, 0.1, generator)
+        b, c = candidates.shape[:2]
+        rmse = (candidates.reshape(b, c, -1) - x.reshape(b, 1, -1)).pow(2).mean(-1).sqrt()
+        read = selector(candidates.reshape(b * c, *x.shape[1:])).argmax(-1).view(b, c)  # label of each candidate
+        order = rmse.argsort(1)
+        consistent = read.gather(1, order[:, :top]) == order[:, :top]
+        first = torch.where(consistent.any(1), consistent.float().argmax(1), 0)  # else the nearest
+        rows = torch.arange(b)
+        right["chosen"] += int((read[rows, order[:, 0]] == y).sum())
+        right["true_class"] += int((read[rows, y] == y).sum())
+        right[f"consistent_top{top}"] += int((read[rows, order[rows, first]] == y).sum())
+        right["elbo"] += int((selector(elbo_choice(vae, x)[1]).argmax(-1) == y).sum())
+    return {rule: 100 * count / len(images) for rule, count in right.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="PuVAE folder or registered name")
@@ -55,8 +99,11 @@ def main() -> None:
                         help="held-out selection classifier (default selectors/heldout-cw, with -<dataset> "
                              "for data sets other than MNIST)")
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--top", type=int, default=3, help="candidates the consistency rule considers")
     args = parser.parse_args()
     vae = PuVAE.from_pretrained(args.model)
+    if not 1 <= args.top <= vae.num_classes:
+        parser.error(f"--top must be between 1 and {vae.num_classes}, got {args.top}")
     selector = PaperClassifier.from_pretrained(args.selector or default_selector_path(args.dataset))
     val = load_dataset(args.dataset, "val").subset(0, args.n)
     x, y = val.images, val.labels
@@ -67,6 +114,10 @@ def main() -> None:
         for name, images in (("clean", x), ("fgsm", attacked)):
             projection = vae.project(images, 0.1, torch.Generator().manual_seed(0))
             report[name] = choices(y, projection.labels, targets, projection.distances, val.classes)
+            report[name]["selector_reading"] = selector_reading(vae, selector, images, y, args.top)
+    with torch.no_grad():
+        report["selector_undefended"] = {"clean": 100 * float((selector(x).argmax(1) == y).float().mean()),
+                                         "fgsm": 100 * float((selector(attacked).argmax(1) == y).float().mean())}
     print(json.dumps({"model": args.model, "dataset": args.dataset, "n": args.n, **report}, indent=1))
 
 
