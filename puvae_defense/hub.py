@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from .model_card import format_metric
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 
 __all__ = [
@@ -416,5 +417,5 @@ def registry_markdown() -> str:
     for name in list_models():
         e = get_entry(name)
         lines += ["", f"## {name}", "", e.description, "", "| metric | value |", "|---|---|"]
-        lines += [f"| {key} | {value:.2f} |" for key, value in e.metrics.items()]
+        lines += [f"| {key} | {format_metric(value)} |" for key, value in e.metrics.items()]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["model_card"]
+__all__ = ["format_metric", "model_card"]
 
 
 def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
@@ -14,6 +14,12 @@ def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
 
 _PURIFIER_TAGS = {"puvae": ["variational-autoencoder"], "magnet": ["autoencoder", "magnet"],
                   "defense-gan": ["gan", "defense-gan"]}
+
+
+def format_metric(value: float) -> str:
+    """Two decimals (percentages), or three significant digits for values under 0.1 (an MSE of
+    0.0051 would read 0.01)."""
+    return f"{value:.2f}" if value == 0 or abs(value) >= 0.1 else f"{value:.3g}"
 
 
 def model_card(
@@ -61,7 +67,7 @@ def model_card(
     front.append("---")
     lines = [*front, "", f"# {name}", "", description, "", "## Usage", "", "```python", usage, "```", "",
              "## Metrics (measured)", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {key} | {value:.2f} |" for key, value in metrics.items()]
+    lines += [f"| {key} | {format_metric(value)} |" for key, value in metrics.items()]
     lines += ["", "## Training", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in training.items()]
     lines += ["", f"Written by puvae-defense {__version__}. Paper: Hwang et al., *PuVAE: A Variational "

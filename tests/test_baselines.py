@@ -283,6 +283,15 @@ def test_model_cards_of_baseline_purifiers_show_the_purifier_usage() -> None:
     assert "- defense-gan" in gan and "PurifiedClassifier" in gan
 
 
+def test_model_card_keeps_small_metrics_readable() -> None:
+    from puvae_defense.model_card import model_card
+
+    card = model_card(name="magnet-mnist", model_type="magnet", dataset="mnist", description="MagNet.",
+                      metrics={"val_mse": 0.0051467, "test_accuracy_A_through": 89.894, "none": 0.0}, training={})
+    assert "| val_mse | 0.00515 |" in card
+    assert "| test_accuracy_A_through | 89.89 |" in card and "| none | 0.00 |" in card
+
+
 def test_bit_depth_squeeze_levels_and_gradients() -> None:
     from puvae_defense.baselines import BitDepthSqueeze
 
