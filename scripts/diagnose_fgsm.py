@@ -25,12 +25,12 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
 from puvae_defense import PuVAE
 from puvae_defense.attacks import fgsm, random_targets
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
+from puvae_defense.losses import gaussian_kl, reconstruction_bce
 from puvae_defense.selection import default_selector_path
 
 CONFUSIONS = 5
@@ -62,8 +62,7 @@ def elbo_choice(vae: PuVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.T
         labels = torch.full((len(images),), c)
         mu, sigma = vae.encode(images, labels)
         logits = vae.decode_logits(mu, labels)
-        bce = F.binary_cross_entropy_with_logits(logits, images, reduction="none").flatten(1).sum(1)
-        scores.append(bce + 0.5 * (mu.pow(2) + sigma.pow(2) - 1 - 2 * sigma.log()).sum(1))
+        scores.append(reconstruction_bce(logits, images, "sum") + gaussian_kl(mu, sigma, "sum"))
         decodings.append(torch.sigmoid(logits))
     chosen = torch.stack(scores, 1).argmin(1)
     return chosen, torch.stack(decodings, 1)[torch.arange(len(images)), chosen]
