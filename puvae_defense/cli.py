@@ -75,12 +75,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
         val_dataset=load_dataset(args.dataset, "val", root=args.data_root),
         recipe=args.recipe,
         init=args.init,
+        attack_models=[_load_classifier(name, args.device or "cpu") for name in args.attack_models],
         checkpoint_dir=args.checkpoint_dir,
         device=args.device,
         **options,
     )
     recipe = args.recipe or (FINETUNE_RECIPE if args.init else DEFAULT_RECIPE)
     training: dict[str, Any] = {"recipe": recipe, "overrides": options, "source": args.source,
+                                **({"attack models": args.attack_models} if args.attack_models else {}),
                                 "epochs": len(model.training_history), "seconds (this run)": round(time.perf_counter() - started),
                                 "command": _command(args)}
     if model.training_init is not None:
@@ -329,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a PuVAE (fit)")
     train.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     train.add_argument("--source", required=True, help="source classifier: folder or registered name")
+    train.add_argument("--attack-models", nargs="+", default=[], metavar="CLASSIFIER",
+                       help="more classifiers (folders or registered names) whose FGSM / PGD images the encoder "
+                            "also sees (ensemble adversarial training; fit's attack_models)")
     train.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
     train.add_argument("--checkpoint-dir", default=None)
     train.add_argument("--device", default=None)

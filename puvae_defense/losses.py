@@ -9,6 +9,7 @@ and the choice changes the effective weight of the KL term by orders of magnitud
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -86,11 +87,16 @@ class PuVAEObjective(nn.Module):
     noise_steps`` from a random start (``"pgd"``). Only the first ``round(noise_fraction * B)``
     images of each (shuffled) batch are perturbed; the others stay clean. The attacks never
     see the PuVAE, only the source classifier: the defender trains against transferred
-    attacks, the threat of the paper's gray-box setting.
+    attacks, the threat of the paper's gray-box setting. With ``attack_models`` the attacked
+    images are split evenly between the source and those classifiers, each attacked on its own
+    model (ensemble adversarial training, Tramer et al., 2018): a purifier trained on one
+    model's perturbations learns to undo that model's directions more than others'.
 
     Args:
         vae: the PuVAE being trained.
         source: the source classifier ``M_s`` (frozen by the caller).
+        attack_models: more frozen classifiers whose attacks share the attacked images with the
+            source's (``"fgsm"`` and ``"pgd"`` only); they take no part in any loss term.
         rc_reduction, kl_reduction, ce_form, proj_scale, proj_sigma_eps, input_noise, noise_kind, noise_fraction,
             noise_steps, noise_amplitude: see the trainer's :class:`~puvae_defense.training.TrainConfig`.
     """
@@ -112,10 +118,15 @@ class PuVAEObjective(nn.Module):
         noise_amplitude: AmplitudeKind,
         need_wrong: bool,
         need_proj: bool,
+        attack_models: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
+        if attack_models and (noise_kind not in SOURCE_ATTACKS or input_noise <= 0):
+            raise ValueError(f"attack_models need attacked training inputs (noise_kind 'fgsm' or 'pgd' and "
+                             f"input_noise > 0), got noise_kind {noise_kind!r}, input_noise {input_noise}")
         self.vae = vae
         self.source = source
+        self.attack_models = nn.ModuleList(attack_models)
         self.rc_reduction: Reduction = rc_reduction
         self.kl_reduction: Reduction = kl_reduction
         self.ce_form: CEForm = ce_form
@@ -146,16 +157,25 @@ class PuVAEObjective(nn.Module):
         return torch.cat([moved, images[count:]])
 
     def _source_attack(self, images: torch.Tensor, labels: torch.Tensor, amplitude: torch.Tensor) -> torch.Tensor:
-        """Targeted FGSM / PGD on the source classifier towards random wrong labels, per-image budget."""
+        """Targeted FGSM / PGD towards random wrong labels, per-image budget; the images are split
+        evenly between the source and the ``attack_models``, each attacked on its own model."""
         shift = torch.randint(1, self.vae.num_classes, labels.shape, device=labels.device)
         targets = (labels + shift) % self.vae.num_classes
+        models = [self.source, *self.attack_models]
+        parts = zip(models, images.tensor_split(len(models)), targets.tensor_split(len(models)),
+                    amplitude.tensor_split(len(models)))
+        return torch.cat([self._attack_on(model, x, t, a) for model, x, t, a in parts if len(x)])
+
+    def _attack_on(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                   amplitude: torch.Tensor) -> torch.Tensor:
+        """Targeted FGSM / PGD on one frozen classifier."""
         x0 = images.detach().float()
         steps, step = (1, amplitude) if self.noise_kind == "fgsm" else (self.noise_steps, 2.5 * amplitude / self.noise_steps)
         x = x0 if self.noise_kind == "fgsm" else (x0 + (torch.rand_like(x0) * 2 - 1) * amplitude).clamp(0, 1)
         with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
             for _ in range(steps):
                 x_var = x.detach().requires_grad_(True)
-                (grad,) = torch.autograd.grad(F.cross_entropy(self.source(x_var), targets), x_var)
+                (grad,) = torch.autograd.grad(F.cross_entropy(model(x_var), targets), x_var)
                 x = x - step * grad.sign()
                 x = torch.min(torch.max(x, x0 - amplitude), x0 + amplitude).clamp(0, 1)
         return x.detach().to(images.dtype)

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,20 +200,26 @@ def _check_dataset(dataset: Dataset[Any], name: str, image_shape: tuple[int, ...
     return image_shape, labels.long()  # type: ignore[return-value]
 
 
+def _frozen_classifier(model: nn.Module, role: str, device: torch.device) -> nn.Module:
+    """A frozen copy (eval mode, no gradient) of a classifier the trainer only reads."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{role} must be an nn.Module, got {type(model).__name__}")
+    return copy.deepcopy(model).to(device).eval().requires_grad_(False)
+
+
 def _check_source(
-    source: nn.Module, image_shape: tuple[int, int, int], num_classes: int, device: torch.device, init_name: str | None = None
+    source: nn.Module, image_shape: tuple[int, int, int], num_classes: int, device: torch.device,
+    init_name: str | None = None, role: str = "the source classifier",
 ) -> None:
-    if not callable(source):
-        raise TypeError(f"source_clf must be a callable nn.Module, got {type(source).__name__}")
     with torch.no_grad():
         logits = source(torch.rand(2, *image_shape, device=device))
     if init_name is not None and isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[1] != num_classes:
-        raise ValueError(f"the source classifier returns {logits.shape[1]} logits but the initial PuVAE {init_name!r} "
+        raise ValueError(f"{role} returns {logits.shape[1]} logits but the initial PuVAE {init_name!r} "
                          f"has {num_classes} classes")
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(
-            f"the source classifier must return (B, {num_classes}) logits for images {image_shape}, got {got}"
+            f"{role} must return (B, {num_classes}) logits for images {image_shape}, got {got}"
         )
 
 
@@ -386,6 +392,7 @@ def fit(
     config: PuVAEConfig | None = None,
     recipe: TrainConfig | str | None = None,
     init: PuVAE | str | os.PathLike[str] | None = None,
+    attack_models: Sequence[nn.Module] = (),
     val_dataset: Dataset[Any] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
@@ -407,6 +414,11 @@ def fit(
             the caller's module is never modified), a weights folder, a registered name such
             as ``"puvae-mnist"`` or a Hub repo id. The data set's image shape and classes must
             match it. ``training_init`` of the result records where it came from.
+        attack_models: more classifiers whose targeted FGSM / PGD images the encoder sees
+            (``noise_kind`` ``"fgsm"`` or ``"pgd"``): the attacked share of every batch is split
+            evenly between the source and these, each image attacked on its own model (ensemble
+            adversarial training). They are copied and frozen and take no part in any loss term.
+            Never pass the classifiers you will report or select with.
         val_dataset: evaluated after every epoch (first ``val_size`` images).
         checkpoint_dir: write a checkpoint after every epoch and resume from the latest.
         device: default CUDA when available (under torchrun: ``cuda:LOCAL_RANK``).
@@ -452,8 +464,11 @@ def fit(
     if val_dataset is not None:
         _check_dataset(val_dataset, "val_dataset", image_shape)
     config = config or PuVAEConfig(image_shape=image_shape, num_classes=num_classes)
-    source = copy.deepcopy(source_clf).to(device).eval().requires_grad_(False)
+    source = _frozen_classifier(source_clf, "source_clf", device)
     _check_source(source, image_shape, num_classes, device, init_name=origin["name"] if origin else None)
+    attackers = [_frozen_classifier(model, f"attack_models[{i}]", device) for i, model in enumerate(attack_models)]
+    for index, attacker in enumerate(attackers):
+        _check_source(attacker, image_shape, num_classes, device, role=f"attack_models[{index}]")
 
     torch.manual_seed(recipe.seed)
     vae = (initial if initial is not None else PuVAE(config)).to(device).train()
@@ -463,7 +478,7 @@ def fit(
         vae, source, rc_reduction=recipe.rc_reduction, kl_reduction=recipe.kl_reduction, ce_form=recipe.ce_form, proj_scale=recipe.proj_scale,
         proj_sigma_eps=recipe.proj_sigma_eps, input_noise=recipe.input_noise, noise_kind=recipe.noise_kind,
         noise_fraction=recipe.noise_fraction, noise_steps=recipe.noise_steps, noise_amplitude=recipe.noise_amplitude,
-        need_wrong=recipe.lambda_wrong_ce > 0, need_proj=recipe.lambda_proj > 0,
+        need_wrong=recipe.lambda_wrong_ce > 0, need_proj=recipe.lambda_proj > 0, attack_models=attackers,
     )
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)

@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     parser.add_argument("--source", default=None, help="source classifier (default: <dataset>-source)")
     parser.add_argument("--init", default=None, help="start from this trained PuVAE (folder or registered name)")
+    parser.add_argument("--attack-models", nargs="+", default=[],
+                        help="classifiers (folders or registered names) whose FGSM images the encoder also sees "
+                             "(fit's attack_models; never A, B or the selector)")
     parser.add_argument("--selector", type=Path, default=None, help="default: the data set's held-out selector")
     parser.add_argument("--work", type=Path, default=Path("runs/probes"))
     parser.add_argument("--out", type=Path, default=Path("runs/probes.jsonl"))
@@ -98,12 +101,13 @@ def main() -> None:
         vae = fit(train.subset(0, args.n), source, config=config, recipe=args.recipe, val_dataset=val,
                   val_size=args.val_images,
                   epochs=args.epochs, amp=args.amp, progress=False, checkpoint_dir=folder / "checkpoints",
-                  init=args.init, **options)
+                  init=args.init, attack_models=[PaperClassifier.from_pretrained(name) for name in args.attack_models],
+                  **options)
         seconds = time.perf_counter() - start
         vae.save_pretrained(folder)
     trained = {"model": str(args.model)} if args.model else {
         "recipe": args.recipe, "options": options, "config": layers, "n": args.n, "epochs": args.epochs, "init": args.init,
-        "source": source_name}
+        "source": source_name, "attack_models": args.attack_models}
     record = {"name": args.name, "dataset": args.dataset, **trained,
               "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp,
               **selection_metrics(vae, selector, val.subset(0, args.val_images))}

@@ -69,6 +69,12 @@ def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
                  "--epochs", "1", "--batch-size", "32", "--val-size", "8", "--device", "cpu"]) == 0
     history = json.loads((tmp_path / "paper" / "history.json").read_text())
     assert set(history[0]["train"]) == {"total", "rc", "kl", "ce"}
+    assert main(["train", "--source", str(tmp_path / "src"), "--attack-models", str(tmp_path / "src"),
+                 "--out", str(tmp_path / "ens"), "--epochs", "1", "--batch-size", "32", "--val-size", "8",
+                 "--lambda-proj", "0", "--device", "cpu"]) == 0
+    metadata = json.loads((tmp_path / "ens" / "config.json").read_text())["metadata"]
+    assert metadata["training"]["attack models"] == [str(tmp_path / "src")]
+    assert "attack models" in (tmp_path / "ens" / "README.md").read_text()
     tune = ["train", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "tuned"), "--init", str(tmp_path / "vae"),
             "--freeze-trunk", "true", "--batch-size", "32", "--val-size", "8", "--device", "cpu",
             "--checkpoint-dir", str(tmp_path / "ckpt")]

@@ -211,6 +211,57 @@ def fit_source_for_test(data):
     return fit_classifier(data, "source", epochs=3, batch_size=32, progress=False).requires_grad_(False)
 
 
+class _Counting(torch.nn.Module):
+    """A classifier that records how many images each call sees."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+def _another_source() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+
+def test_attack_models_share_the_attacked_images(tiny_vae) -> None:
+    data = synthetic_dataset(16)
+    source, other = _Counting(tiny_source().eval()), _Counting(_another_source().eval())
+    objective = _objective(tiny_vae, source, attack_models=[other], noise_fraction=0.75)
+    torch.manual_seed(0)
+    moved = objective._perturbed(data.images, data.labels)
+    assert source.sizes == [6] and other.sizes == [6]  # 12 attacked images, half on each model
+    assert torch.equal(moved[12:], data.images[12:])
+    assert bool(((moved[:12] - data.images[:12]).abs().amax((1, 2, 3)) <= 0.2 + 1e-6).all())
+    # each share follows its own model's gradient: the two models' directions differ on the same images
+    torch.manual_seed(0)
+    alone = _objective(tiny_vae, source, noise_fraction=0.75)._perturbed(data.images, data.labels)
+    assert torch.equal(alone[:6], moved[:6]) and not torch.equal(alone[6:12], moved[6:12])
+
+
+def test_bad_attack_models_are_refused(tiny_vae) -> None:
+    with pytest.raises(ValueError, match="attack_models need attacked training inputs"):
+        _objective(tiny_vae, tiny_source().eval(), attack_models=[tiny_source()], noise_kind="sign")
+    with pytest.raises(ValueError, match=r"attack_models\[0\] must return \(B, 10\) logits"):
+        _fit(synthetic_dataset(32), tiny_source(), attack_models=[tiny_source(classes=7)], noise_kind="fgsm",
+             input_noise=0.3)
+    with pytest.raises(TypeError, match=r"attack_models\[1\] must be an nn.Module"):
+        _fit(synthetic_dataset(32), tiny_source(), attack_models=[tiny_source(), lambda x: x], noise_kind="fgsm",
+             input_noise=0.3)
+
+
+def test_fit_with_attack_models_trains_and_leaves_them_untouched() -> None:
+    data, other = synthetic_dataset(32), _another_source()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    model = _fit(data, tiny_source(), recipe="robust", attack_models=[other], epochs=1, lambda_proj=0.0)
+    assert len(model.training_history) == 1 and other.training
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
 def test_uniform_amplitude_varies_per_image(tiny_vae) -> None:
     data = synthetic_dataset(32)
     objective = _objective(tiny_vae, tiny_source().eval(), noise_kind="sign", noise_amplitude="uniform", input_noise=0.3)
