@@ -317,9 +317,11 @@ def _save_checkpoint(
     recipe: TrainConfig,
     history: list[EpochStats],
     origin: dict[str, str] | None = None,
+    attack_models: list[str] | None = None,
 ) -> Path:
     """Model, optimizer, RNG state and progress after ``epoch`` (see :mod:`.checkpoints`)."""
     return save_checkpoint(directory, epoch, {"model": vae}, {"optimizer": optimizer}, {
+        "attack_models": json.dumps(attack_models or []),
         "epoch": str(epoch),
         "step": str(step),
         "recipe": json.dumps(dataclasses.asdict(recipe)),
@@ -330,7 +332,8 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, recipe: TrainConfig, origin: dict[str, str] | None = None
+    path: Path, vae: PuVAE, optimizer: torch.optim.Optimizer, recipe: TrainConfig, origin: dict[str, str] | None = None,
+    attack_models: list[str] | None = None,
 ) -> tuple[int, int, list[EpochStats]]:
     metadata = read_metadata(path)
     saved = json.loads(metadata["recipe"])
@@ -346,6 +349,12 @@ def _load_checkpoint(
         raise ValueError(
             f"{path.parent} holds a run that started from {saved_origin or 'random weights'}, not from "
             f"{origin or 'random weights'}; resume with the same init or use another checkpoint_dir"
+        )
+    saved_attackers = json.loads(metadata["attack_models"]) if "attack_models" in metadata else None
+    if saved_attackers is not None and saved_attackers != (attack_models or []):  # older checkpoints: unrecorded
+        raise ValueError(
+            f"{path.parent} holds a run trained with other attack_models (weights sha256 {saved_attackers}, now "
+            f"{attack_models or []}); resume with the same attack_models or use another checkpoint_dir"
         )
     load_checkpoint(path, {"model": vae}, {"optimizer": optimizer})
     history = [EpochStats(**h) for h in json.loads(metadata["history"])]
@@ -469,6 +478,7 @@ def fit(
     attackers = [_frozen_classifier(model, f"attack_models[{i}]", device) for i, model in enumerate(attack_models)]
     for index, attacker in enumerate(attackers):
         _check_source(attacker, image_shape, num_classes, device, role=f"attack_models[{index}]")
+    attacker_digests = [weights_fingerprint(attacker) for attacker in attackers]
 
     torch.manual_seed(recipe.seed)
     vae = (initial if initial is not None else PuVAE(config)).to(device).train()
@@ -490,7 +500,7 @@ def fit(
         directory.mkdir(parents=True, exist_ok=True)
         existing = checkpoints(directory)
         if existing:
-            start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe, origin)
+            start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe, origin, attacker_digests)
             logger.info("resuming from %s (epoch %d)", existing[-1], start_epoch)
 
     size = len(dataset)  # type: ignore[arg-type]
@@ -543,7 +553,7 @@ def fit(
                 logger.info("epoch %d: %s", epoch + 1, json.dumps(stats.to_dict()))
                 if directory is not None:
                     _save_checkpoint(directory, vae, optimizer, epoch=epoch + 1, step=step, recipe=recipe,
-                                     history=history, origin=origin)
+                                     history=history, origin=origin, attack_models=attacker_digests)
             if world > 1:
                 dist.barrier()
     finally:

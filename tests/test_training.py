@@ -151,6 +151,16 @@ def test_resume_with_other_settings_is_refused(tmp_path) -> None:
         _fit(data, tiny_source(), epochs=2, lr=0.1, checkpoint_dir=tmp_path)
 
 
+def test_resume_with_other_attack_models_is_refused(tmp_path) -> None:
+    data, attacked = synthetic_dataset(32), {"noise_kind": "fgsm", "input_noise": 0.3, "lambda_proj": 0.0}
+    _fit(data, tiny_source(), epochs=1, checkpoint_dir=tmp_path, attack_models=[_another_source()], **attacked)
+    for others in ([], [tiny_source()]):
+        with pytest.raises(ValueError, match="other attack_models"):
+            _fit(data, tiny_source(), epochs=2, checkpoint_dir=tmp_path, attack_models=others, **attacked)
+    resumed = _fit(data, tiny_source(), epochs=2, checkpoint_dir=tmp_path, attack_models=[_another_source()], **attacked)
+    assert len(resumed.training_history) == 2
+
+
 def test_generic_map_style_datasets_work() -> None:
     data = synthetic_dataset(48)
     generic = _Items([data[i] for i in range(len(data))])
