@@ -22,6 +22,9 @@ The test split is used once, at the end, for the numbers in the model cards.
 Usage:
     python scripts/train_mnist.py --recipes robust --amp bf16 --out hub --work runs/mnist
     python scripts/train_mnist.py --dataset fashion-mnist --out hub --work runs/fashion-mnist
+    python scripts/train_mnist.py --recipes finetune --init hub/puvae-mnist --epochs 4 --amp bf16 \
+        --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1 --val-size 1000 --out hub \
+        --work runs/mnist-ens                      # fine-tune with ensemble adversarial inputs (docs/training.md)
     python scripts/train_mnist.py --smoke            # minutes on a CPU: tiny subsets, 1 epoch
 """
 
@@ -47,7 +50,7 @@ from puvae_defense.model_card import model_card
 from puvae_defense.recipes import RECIPES, get_recipe
 from puvae_defense.selection import (SELECTOR_EPOCHS, choose_recipe, default_selector_path, load_selector,
                                     selection_metrics)
-from puvae_defense.serialization import WEIGHTS_NAME, read_metadata, sha256_of, write_metadata
+from puvae_defense.serialization import WEIGHTS_NAME, read_metadata, sha256_of, weights_fingerprint, write_metadata
 from puvae_defense.training import TrainConfig, evaluate_purifier, fit, latent_spread
 
 #: Data set -> description of the splits.
@@ -139,8 +142,11 @@ def check_source(folder: Path, source_digest: str) -> None:
 
 
 def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDataset], source: torch.nn.Module,
-                           source_digest: str, selector: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+                           source_digest: str, selector: torch.nn.Module, device: torch.device,
+                           attackers: dict[str, torch.nn.Module]) -> dict[str, Any]:
     """Recipe name -> metadata of its trained PuVAE (recipe, history, validation selection scores).
+
+    ``--init`` and ``attackers`` (name -> classifier, fit's ``attack_models``) apply to every recipe.
 
     Scores recorded with another selector than ``args.selector`` are measured again.
     """
@@ -155,18 +161,19 @@ def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDatase
             continue
         check_source(folder, source_digest)
         if not done:
-            changes = {"amp": args.amp, "val_size": 200 if args.smoke else VAL_SIZE}
+            changes = {"amp": args.amp, "val_size": 200 if args.smoke else args.val_size}
             if args.smoke or args.epochs:
                 changes["epochs"] = 1 if args.smoke else args.epochs
             recipe = get_recipe(name).replace(**changes)
             _log(f"training puvae recipe {name!r}: {dataclasses.asdict(recipe)}")
             vae = fit(data["train"], source, recipe=recipe, val_dataset=data["val"], checkpoint_dir=folder,
-                      device=device, progress=False)
+                      device=device, progress=False, init=args.init, attack_models=list(attackers.values()))
             seconds = sum(epoch.seconds for epoch in vae.training_history)  # every epoch, resumed runs included
             scores = {**selection_metrics(vae, selector, data["val"].subset(0, SELECTION_IMAGES)),
                       "selector_sha256": selector_digest}
             vae.save_pretrained(folder / "final", metadata={
-                "recipe": name, "options": dataclasses.asdict(recipe), "seconds": seconds,
+                "recipe": name, "options": dataclasses.asdict(recipe), "seconds": seconds, "init": vae.training_init,
+                "attack_models": {n: weights_fingerprint(m) for n, m in attackers.items()},
                 "history": [h.to_dict() for h in vae.training_history], "selection": scores, **_environment(device)})
         saved = read_metadata(folder / "final")
         if saved["selection"].get("selector_sha256") != selector_digest:  # scored by another selector: score again
@@ -262,6 +269,10 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
                 "training time": f"{meta['seconds']:.0f} s on {meta['hardware']} (training loops of all epochs, resumed runs included)",
                 "source classifier": source_name, "selection classifier": "held-out `cw` network, seed 1 (never A, B or the source)",
                 "seed": 0}
+    if meta.get("init"):
+        training["fine-tuned from"] = f"`{meta['init']['name']}` (weights sha256 `{meta['init']['sha256']}`)"
+    if meta.get("attack_models"):
+        training["attack models"] = ", ".join(f"`{n}` (weights fingerprint `{d}`)" for n, d in meta["attack_models"].items())
     description = (f"PuVAE (Table 1 of the paper, 1x28x28, 10 classes) trained on {DATASETS[ds].split(',')[0]}. It purifies an input by "
                    "projecting it onto every class and keeping the projection closest in RMSE.")
     body = "\n".join([
@@ -303,6 +314,13 @@ def main() -> None:
                              "3 points below the undefended selector elsewhere)")
     parser.add_argument("--classifiers-only", action="store_true",
                         help="train (or reuse) the source and classifiers A and B, write their folders in --out, and stop")
+    parser.add_argument("--init", default=None,
+                        help="fine-tune this PuVAE (folder or registered name) instead of training from random weights")
+    parser.add_argument("--attack-models", nargs="+", default=[],
+                        help="classifiers (folders or registered names) whose FGSM images the encoder also sees "
+                             "(fit's attack_models; never A, B or the selector)")
+    parser.add_argument("--val-size", type=int, default=VAL_SIZE,
+                        help="validation images evaluated after every epoch")
     parser.add_argument("--smoke", action="store_true", help="tiny subsets and 1 epoch, to test the script")
     parser.add_argument("--time-budget", type=float, default=None,
                         help="seconds; recipe candidates that would not finish in time are skipped")
@@ -329,7 +347,9 @@ def main() -> None:
     if args.clean_target is None:
         args.clean_target = 98.0 if args.dataset == "mnist" else accuracy(selector, data["val"], device=device) - 3.0
     _log(f"clean target for the recipe choice: {args.clean_target:.2f}%")
-    sweep = train_puvae_candidates(args, data, source, sha256_of(source_folder / WEIGHTS_NAME), selector, device)
+    attackers = {name: PaperClassifier.from_pretrained(name, device=device) for name in args.attack_models}
+    sweep = train_puvae_candidates(args, data, source, sha256_of(source_folder / WEIGHTS_NAME), selector, device,
+                                   attackers)
     chosen = choose_recipe({name: saved["selection"] for name, saved in sweep.items()}, clean_target=args.clean_target)
     _log(f"chosen recipe: {chosen!r}")
     summary = write_hub(args, data, device, classifiers, sweep, chosen)

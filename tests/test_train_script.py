@@ -95,11 +95,11 @@ def test_a_finished_run_is_scored_again_when_the_selector_changed(tmp_path: Path
     data = {"train": synthetic_dataset(20), "val": synthetic_dataset(20, seed=1)}
 
     sweep = script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(),
-                                          torch.device("cpu"))
+                                          torch.device("cpu"), {})
     assert calls == [20] and sweep["robust"]["selection"] == {**scores, "clean": 70.0, "selector_sha256": digest}
     stored = json.loads((final / "config.json").read_text())["metadata"]["selection"]
     assert stored["selector_sha256"] == digest and stored["clean"] == 70.0
-    script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(), torch.device("cpu"))
+    script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(), torch.device("cpu"), {})
     assert calls == [20]  # the same selector again: the stored scores are used
 
 
@@ -128,3 +128,31 @@ def test_classifier_folders_are_written_without_and_with_a_purifier(tmp_path: Pa
     assert len(trained) == 3 and all(info["folder"] == args.out / name for name, info in reused.items())
     _, models = script.write_classifiers(args, data, torch.device("cpu"), reused, tiny_vae)
     assert all(through in m["metrics"] for m in models.values())
+
+
+def test_a_fine_tuned_candidate_records_its_initial_model_and_attack_models(tmp_path: Path, tiny_vae, monkeypatch) -> None:
+    from puvae_defense.training import EpochStats
+
+    seen = {}
+
+    def fake_fit(dataset, source, **kwargs):
+        seen.update(kwargs)
+        tiny_vae.training_history = (EpochStats(1, 1.0, {"total": 1.0}),)
+        tiny_vae.training_init = {"name": kwargs["init"], "sha256": "i" * 64}
+        return tiny_vae
+
+    monkeypatch.setattr(script, "fit", fake_fit)
+    monkeypatch.setattr(script, "selection_metrics", lambda vae, selector, data: {"clean": 99.0, "fgsm": 80.0, "spread": 0.7})
+    selector_folder = tmp_path / "selector"
+    PaperClassifier(ClassifierConfig("cw")).save_pretrained(selector_folder)
+    torch.manual_seed(3)
+    attacker = PaperClassifier(ClassifierConfig("C"))
+    args = argparse.Namespace(**vars(_args(tmp_path, "mnist")), recipes=["finetune"], selector=selector_folder,
+                              deadline=None, amp="bf16", epochs=4, val_size=1000, init="puvae-mnist")
+    sweep = script.train_puvae_candidates(args, _data(), torch.nn.Identity(), "s" * 64, torch.nn.Identity(),
+                                          torch.device("cpu"), {"runs/attackers/c": attacker})
+    assert seen["init"] == "puvae-mnist" and seen["attack_models"] == [attacker]
+    assert seen["recipe"].epochs == 4 and seen["recipe"].val_size == 1000 and seen["recipe"].amp == "bf16"
+    saved = sweep["finetune"]
+    assert saved["init"] == {"name": "puvae-mnist", "sha256": "i" * 64}
+    assert saved["attack_models"] == {"runs/attackers/c": script.weights_fingerprint(attacker)}
