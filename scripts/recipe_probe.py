@@ -29,6 +29,17 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py robust-scale300 '{"proj_scale": 300.0}' --n 10000
     python scripts/recipe_probe.py robust-frac75 '{"noise_fraction": 0.75}' --n 10000
     python scripts/recipe_probe.py robust-seed1 '{"seed": 1}' --n 10000
+    # MNIST, bf16 (docs/training.md, "Whose perturbations the purifier undoes"); the attack models come from
+    # puvae-defense train-classifier --arch source --seed 1 --epochs 2 --out runs/attackers/mnist-source-s1
+    # puvae-defense train-classifier --arch C --seed 1 --epochs 2 --out runs/attackers/mnist-C-s1
+    python scripts/recipe_probe.py shipped-robust-8ep --model hub/puvae-mnist   # (the 8-epoch model, for scale)
+    python scripts/recipe_probe.py robust-bf16 --n 10000 --amp bf16
+    python scripts/recipe_probe.py robust-ens-src1-C1 --n 10000 --amp bf16 \
+        --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1
+    python scripts/recipe_probe.py robust-bf16-seed1 '{"seed": 1}' --n 10000 --amp bf16
+    python scripts/recipe_probe.py mnist-ft4 --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 4 --amp bf16
+    python scripts/recipe_probe.py mnist-ft4-ens --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 4 \
+        --amp bf16 --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1
     # Fashion-MNIST (docs/training.md), each also with --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl:
     python scripts/recipe_probe.py fashion-robust-8ep --dataset fashion-mnist --model runs/fashion-mnist/puvae-robust/final
     python scripts/recipe_probe.py fashion-ft-source5 --dataset fashion-mnist --recipe finetune \
