@@ -151,6 +151,8 @@ def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDatase
     Scores recorded with another selector than ``args.selector`` are measured again.
     """
     selector_digest = sha256_of(args.selector / WEIGHTS_NAME)
+    # How the initial model was trained (its card's record), read before --out may replace it.
+    initial_training = read_metadata(Path(args.init)).get("training") if args.init and Path(args.init).is_dir() else None
     sweep: dict[str, Any] = {}
     longest = 0.0
     for name in args.recipes:
@@ -173,6 +175,7 @@ def train_puvae_candidates(args: argparse.Namespace, data: dict[str, ImageDatase
                       "selector_sha256": selector_digest}
             vae.save_pretrained(folder / "final", metadata={
                 "recipe": name, "options": dataclasses.asdict(recipe), "seconds": seconds, "init": vae.training_init,
+                "init_training": initial_training,
                 "attack_models": {n: weights_fingerprint(m) for n, m in attackers.items()},
                 "history": [h.to_dict() for h in vae.training_history], "selection": scores, **_environment(device)})
         saved = read_metadata(folder / "final")
@@ -270,7 +273,7 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
                 "source classifier": source_name, "selection classifier": "held-out `cw` network, seed 1 (never A, B or the source)",
                 "seed": 0}
     if meta.get("init"):
-        training["fine-tuned from"] = f"`{meta['init']['name']}` (weights sha256 `{meta['init']['sha256']}`)"
+        training["fine-tuned from"] = fine_tuned_from(meta["init"], meta.get("init_training"))
     if meta.get("attack_models"):
         training["attack models"] = ", ".join(f"`{n}` (weights fingerprint `{d}`)" for n, d in meta["attack_models"].items())
     description = (f"PuVAE (Table 1 of the paper, 1x28x28, 10 classes) trained on {DATASETS[ds].split(',')[0]}. It purifies an input by "
@@ -286,6 +289,15 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
     summary["sweep"] = {n: {"options": s["options"], "seconds": s["seconds"], "last_epoch": s["history"][-1],
                             "selection": s["selection"]} for n, s in sweep.items()}
     return summary
+
+
+def fine_tuned_from(init: dict[str, str], initial_training: dict[str, Any] | None) -> str:
+    """The model card's line for the initial model: its name, weights sha256 and, when known, how it was trained."""
+    line = f"`{init['name']}` at weights sha256 `{init['sha256']}`"
+    if initial_training:
+        line += (f", itself trained with {initial_training['command']} ({initial_training['epochs']} epochs, "
+                 f"{initial_training['training time'].split(' (')[0]})")
+    return line
 
 
 def _finish_folder(folder: Path, name: str, model_type: str, description: str,

@@ -91,7 +91,8 @@ def test_a_finished_run_is_scored_again_when_the_selector_changed(tmp_path: Path
     calls: list[int] = []
     monkeypatch.setattr(script, "selection_metrics", lambda vae, selector, data: calls.append(len(data)) or
                         {**scores, "clean": 70.0})
-    args = argparse.Namespace(**vars(_args(tmp_path)), recipes=["robust"], selector=selector_folder, deadline=None)
+    args = argparse.Namespace(**vars(_args(tmp_path)), recipes=["robust"], selector=selector_folder, deadline=None,
+                              init=None)
     data = {"train": synthetic_dataset(20), "val": synthetic_dataset(20, seed=1)}
 
     sweep = script.train_puvae_candidates(args, data, torch.nn.Identity(), "s" * 64, torch.nn.Identity(),
@@ -156,3 +157,12 @@ def test_a_fine_tuned_candidate_records_its_initial_model_and_attack_models(tmp_
     saved = sweep["finetune"]
     assert saved["init"] == {"name": "puvae-mnist", "sha256": "i" * 64}
     assert saved["attack_models"] == {"runs/attackers/c": script.weights_fingerprint(attacker)}
+    assert saved["init_training"] is None  # a registered name, not a folder: no card to read
+
+
+def test_the_card_names_how_the_initial_model_was_trained() -> None:
+    init = {"name": "hub/puvae-mnist", "sha256": "b" * 64}
+    assert script.fine_tuned_from(init, None) == f"`hub/puvae-mnist` at weights sha256 `{'b' * 64}`"
+    line = script.fine_tuned_from(init, {"command": "`python scripts/train_mnist.py --epochs 8`", "epochs": 8,
+                                         "training time": "8320 s on CPU (2 threads) (training loops of all epochs)"})
+    assert line.endswith("itself trained with `python scripts/train_mnist.py --epochs 8` (8 epochs, 8320 s on CPU)")
