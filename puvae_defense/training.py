@@ -353,7 +353,7 @@ def _load_checkpoint(
     saved_attackers = json.loads(metadata["attack_models"]) if "attack_models" in metadata else None
     if saved_attackers is not None and saved_attackers != (attack_models or []):  # older checkpoints: unrecorded
         raise ValueError(
-            f"{path.parent} holds a run trained with other attack_models (weights sha256 {saved_attackers}, now "
+            f"{path.parent} holds a run trained with other attack_models (weight fingerprints {saved_attackers}, now "
             f"{attack_models or []}); resume with the same attack_models or use another checkpoint_dir"
         )
     load_checkpoint(path, {"model": vae}, {"optimizer": optimizer})

@@ -3,7 +3,7 @@ then purified: the purifier's projection accuracy for each.
 
 A PuVAE trained on the source classifier's FGSM images may learn to undo that model's gradient
 directions rather than perturbations in general. On the first ``--n`` validation images, for
-each classifier named in ``--models`` (the held-out selector first by default), this computes
+each classifier named in ``--models`` (default: the held-out selector alone), this computes
 targeted FGSM (eps 0.3, random wrong targets, the same targets for every model) on that
 classifier and reports its own accuracy on the attacked images (undefended) and how often the
 purifier projects them onto the true class (``projection_right``). Validation split only.
