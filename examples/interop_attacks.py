@@ -1,7 +1,7 @@
 """Attack the defended model with torchattacks and ART, and use the purifier as an ART defence.
 
     pip install -e ".[interop]" && pip install --no-deps torchattacks==3.5.1
-    python examples/interop_attacks.py [--images 100]
+    python examples/interop_attacks.py [--images 100] [--json docs/results/interop_attacks.json]
 
 Three ways a user of those libraries plugs PuVAE in, on the first test images, classifier A:
 1. ``PurifiedClassifier`` is an ``nn.Module``: torchattacks' PGD attacks it directly (full gradient).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ import torchattacks
 from art.attacks.evasion import ProjectedGradientDescent
 from art.estimators.classification import PyTorchClassifier
 
-from puvae_defense import PurifiedClassifier, PuVAE
+from puvae_defense import PurifiedClassifier, PuVAE, hub
 from puvae_defense.art import PuVAEPreprocessor
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
@@ -35,6 +36,7 @@ def accuracy(logits: np.ndarray | torch.Tensor, labels: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     test = load_dataset("mnist", "test")
     images, labels = test.images[:args.images], test.labels[:args.images]
@@ -62,7 +64,11 @@ def main() -> None:
         results[f"ART clean, PuVAEPreprocessor(bpda={bpda})"] = accuracy(classifier.predict(images.numpy()), labels)
         x_adv = ProjectedGradientDescent(classifier, **art_pgd).generate(images.numpy(), y=onehot)
         results[f"ART PGD, PuVAEPreprocessor(bpda={bpda})"] = accuracy(classifier.predict(x_adv), labels)
-    print(json.dumps({"images": args.images, "pgd": pgd, "accuracy_percent": results}, indent=2))
+    text = json.dumps({"images": args.images, "pgd": pgd, "accuracy_percent": results,
+                       "puvae-mnist sha256": hub.get_entry("puvae-mnist").sha256}, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":
