@@ -263,6 +263,8 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
                     "val_selector_clean_through_purifier": meta["selection"]["clean"],
                     "val_selector_fgsm_through_purifier": meta["selection"]["fgsm"],
                     "val_latent_spread_ratio": spread["reconstruction"] / spread["input"]})
+    if "ifgsm" in meta["selection"]:  # scores recorded before the iterative metric existed lack it
+        metrics["val_selector_ifgsm_through_purifier"] = meta["selection"]["ifgsm"]
     paper = dataclasses.asdict(TrainConfig())
     changed = {k: v for k, v in meta["options"].items() if paper[k] != v}
     training = {"data": DATASETS[ds].split(" (")[0] + "; recipe chosen on the last 10,000",
