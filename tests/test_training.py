@@ -299,7 +299,9 @@ def test_named_recipes() -> None:
     assert DEFAULT_RECIPE in RECIPES and get_recipe(DEFAULT_RECIPE).lambda_proj > 0
     kl03, robust = get_recipe("robust-kl03"), get_recipe("robust")
     assert kl03.lambda_kl == 0.3 and kl03.replace(lambda_kl=robust.lambda_kl) == robust  # one change only
-    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'paper', 'robust', 'robust-kl03'\\]"):
+    pgd, finetune = get_recipe("finetune-pgd"), get_recipe("finetune")
+    assert (pgd.noise_kind, pgd.noise_steps) == ("pgd", 3) and pgd.replace(noise_kind="fgsm", noise_steps=1) == finetune
+    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'finetune-pgd', 'paper', 'robust', 'robust-kl03'\\]"):
         get_recipe("best")
     with pytest.raises(TypeError):
         RECIPES["mine"] = TrainConfig()  # type: ignore[index]
