@@ -13,11 +13,12 @@
   ``eval`` extra). Accuracy needs trained baselines (``--magnet``, ``--defense-gan``).
 
     python benchmarks/defenses.py [--repeats 3] [--magnet magnet-mnist] [--defense-gan defense-gan-mnist]
-        [--images 100 --cache runs/adv_cache --figure docs/time_budget.png]
+        [--images 100 --accuracy-grid 10x1,25x2,50x5,100x10 --cache runs/adv_cache --figure docs/time_budget.png]
         [--device cuda] [--out docs/results/benchmark_defenses_DEVICE.json]
 
 Defense-GAN at L = 200, R = 20 takes seconds per image on a CPU: on a CPU keep ``--images``
-small and say so; the full grid on 500+ images is a GPU job.
+small, leave L = 200, R = 20 out of ``--accuracy-grid`` (it is still timed for Table 5) and say so;
+the full grid on 500+ images is a GPU job.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, MagNetReformer
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.evaluation import AttackCache, EvalSettings, evaluate
+from puvae_defense.serialization import weights_fingerprint
 from projection import median_ms  # benchmarks/projection.py, beside this script
 
 #: The paper's budget over PuVAE's time (1 s / 0.114 s on a TITAN V).
@@ -58,6 +60,17 @@ def with_search(gan: DefenseGAN, steps: int, restarts: int) -> DefenseGAN:
     other = DefenseGAN(replace(gan.config, steps=steps, restarts=restarts)).eval().to(gan.fc.weight.device)
     other.load_state_dict(gan.state_dict())
     return other
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    """``"10x1,25x2"`` -> ``[(10, 1), (25, 2)]``; anything else is an error naming the item."""
+    grid = []
+    for item in text.split(","):
+        parts = item.strip().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise SystemExit(f"grid points are LxR with positive integers, e.g. 10x1; got {item!r}")
+        grid.append((int(parts[0]), int(parts[1])))
+    return grid
 
 
 def label(steps: int, restarts: int) -> str:
@@ -103,6 +116,9 @@ def main() -> None:
                              "the full grid on 128 images did not finish in 30 minutes on the 2-core development CPU)")
     parser.add_argument("--grid", default=",".join(f"{s}x{r}" for s, r in GRID),
                         help="Defense-GAN operating points LxR, comma-separated (default: %(default)s)")
+    parser.add_argument("--accuracy-grid", default=None,
+                        help="the --grid points whose accuracy --images measures (default: all; on a CPU leave out "
+                             "200x20, seconds per image per attack)")
     parser.add_argument("--images", type=int, default=0,
                         help="test images for Table 6 / Figure 5 (0: timing only; multiples of 500 reuse --cache)")
     parser.add_argument("--classifier", default="mnist-classifier-a")
@@ -111,7 +127,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="default docs/results/benchmark_defenses_DEVICE.json")
     args = parser.parse_args()
-    grid = [tuple(int(v) for v in item.split("x")) for item in args.grid.split(",")]
+    grid = parse_grid(args.grid)
+    accuracy_grid = grid if args.accuracy_grid is None else parse_grid(args.accuracy_grid)
+    if not set(accuracy_grid) <= set(grid):
+        raise SystemExit(f"--accuracy-grid {args.accuracy_grid} is not part of --grid {args.grid}")
     if args.images and not (args.magnet and args.defense_gan) or args.images and args.puvae == "untrained":
         raise SystemExit("--images measures accuracy: give trained --puvae, --magnet and --defense-gan")
     torch.manual_seed(0)
@@ -150,12 +169,14 @@ def main() -> None:
                                                            "seconds": grid_times[chosen]},
         "weights": {"puvae": args.puvae, "magnet": args.magnet or "untrained (timing only)",
                     "defense_gan": args.defense_gan or "untrained (timing only)"},
+        "weights_fingerprint": {"puvae": weights_fingerprint(puvae), "magnet": weights_fingerprint(magnet),
+                                "defense_gan": weights_fingerprint(gan)},
     }
     if (200, 20) in grid_times:
         report["ratio_defense_gan_over_puvae"] = grid_times[(200, 20)] / times["puvae"]
     if args.images:
         net = PaperClassifier.from_pretrained(args.classifier, device=device).eval()
-        purifiers = {"puvae": puvae, "magnet": magnet, **{label(s, r): g for (s, r), g in searches.items()}}
+        purifiers = {"puvae": puvae, "magnet": magnet, **{label(s, r): searches[s, r] for s, r in accuracy_grid}}
         defenses = {name: {"A": PurifiedClassifier(net, p)} for name, p in purifiers.items()}
         settings = EvalSettings(adaptive=(), limit=args.images, batch_size=500)  # the batches of Table 2's cache
         result = evaluate({"A": net}, defenses, test, settings, cache=AttackCache(args.cache) if args.cache else None,
