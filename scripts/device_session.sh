@@ -8,7 +8,8 @@
 #   gan      Defense-GAN's WGAN-GP training (20,000 generator steps), the baseline that a CPU
 #            cannot afford, then its Table 2 column on the full test set with MagNet and
 #            PuVAE beside it, and Tables 5-6 / Figure 5 on the GPU;
-#   puvae    scripts/train_mnist.py (the "robust" recipe) and its Table 2.
+#   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
+#            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
 # STAGES="tests bench gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). The bundled weights the stages do not read can stay behind when
 # the tree is too large to send: scripts/device_tree.sh stash / restore.
@@ -34,7 +35,7 @@ wants() { [[ " $STAGES " == *" $1 "* ]]; }
 bundle() {  # logs, results and small weights in one archive; the PuVAE weights split in 15 MiB parts
     rm -rf "${OUT:?}"/*
     local items=(logs results hub)
-    [ -f "$WORK/runs/summary.json" ] && items+=(runs/summary.json)
+    for summary in "$WORK"/runs/*/summary.json; do [ -f "$summary" ] && items+=("${summary#"$WORK"/}"); done
     tar czf "$OUT/bundle.tar.gz" -C "$WORK" --exclude='hub/puvae-mnist/model.safetensors' "${items[@]}"
     if [ -f "$WORK/hub/puvae-mnist/model.safetensors" ]; then
         split -b 15m -d "$WORK/hub/puvae-mnist/model.safetensors" "$OUT/puvae-mnist.safetensors.part"
@@ -89,12 +90,33 @@ if wants gan && [ "$(left)" -gt 120 ]; then
     fi
 fi
 if wants puvae && [ "$(left)" -gt 120 ]; then
-    cp -r hub/mnist-source hub/mnist-classifier-a hub/mnist-classifier-b "$WORK/hub/"
-    stamp "PuVAE training, $(left) s left"
-    timeout $(( $(left) - 60 )) python3 scripts/train_mnist.py --device "$DEVICE" --out "$WORK/hub" --work "$WORK/runs" \
-        --recipes robust --amp bf16 --selector "$WORK/runs/selector" --time-budget $(( $(left) - 60 )) \
-        "${TRAIN_EXTRA[@]}" > "$WORK/logs/train.log" 2>&1
-    stamp "train exit $?"
+    # The shipped puvae-mnist's pipeline from scratch (docs/training.md), then the iterative-input
+    # fine-tune that a CPU session could only probe: robust 8 epochs -> finetune 4 epochs with the
+    # ensemble attack networks -> finetune-pgd 3 epochs; each stage starts from the one before.
+    stamp "PuVAE pipeline, $(left) s left"
+    attackers=()
+    if [ -n "$SMOKE" ]; then attackers=(hub/mnist-source)  # smoke: exercise the path, train no classifier
+    else
+        for arch in source C; do
+            timeout $(( $(left) - 60 )) python3 -m puvae_defense.cli train-classifier --arch $arch --seed 1 --epochs 2 \
+                --device "$DEVICE" --out "$WORK/attackers/mnist-$arch-s1" >> "$WORK/logs/attackers.log" 2>&1
+            stamp "attack network $arch exit $?"
+            attackers+=("$WORK/attackers/mnist-$arch-s1")
+        done
+    fi
+    previous=""
+    for stage in "robust 8" "finetune 4" "finetune-pgd 3"; do
+        read -r recipe epochs <<< "$stage"
+        out="$WORK/stages/$recipe"; [ "$recipe" = finetune-pgd ] && out="$WORK/hub"  # only the last is bundled
+        mkdir -p "$out" && cp -r hub/mnist-source hub/mnist-classifier-a hub/mnist-classifier-b "$out/"
+        extra=(); [ -n "$previous" ] && extra=(--init "$previous" --attack-models "${attackers[@]}")
+        timeout $(( $(left) - 60 )) python3 scripts/train_mnist.py --device "$DEVICE" --out "$out" --work "$WORK/runs/$recipe" \
+            --recipes "$recipe" --epochs "$epochs" --amp bf16 --val-size 1000 --selector selectors/heldout-cw \
+            --time-budget $(( $(left) - 60 )) "${extra[@]}" "${TRAIN_EXTRA[@]}" >> "$WORK/logs/train.log" 2>&1
+        stamp "train $recipe exit $?"
+        previous="$out/puvae-mnist"
+        [ -f "$previous/model.safetensors" ] || break
+    done
     bundle
     [ -f "$WORK/hub/puvae-mnist/model.safetensors" ] && evaluate table2_mnist --defenses puvae="$WORK/hub/puvae-mnist" \
         --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" --adaptive-limit 0
