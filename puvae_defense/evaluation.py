@@ -45,6 +45,7 @@ __all__ = [
     "DEFENSE_NAMES",
     "defense_columns",
     "PAPER_DATASETS",
+    "PAPER_TABLE6",
     "PAPER_TABLES",
     "EvalSettings",
     "defended_accuracy",
@@ -64,6 +65,13 @@ def _paper_rows(values: str) -> dict[str, float]:
     columns = ("no_attack", "no_defense", "adv-training", "magnet", "defense-gan", "puvae")
     return dict(zip(columns, map(float, values.split()), strict=True))
 
+
+#: Table 6 of the paper (MNIST, classifier A's columns of Table 2): accuracy (%) of each defense when
+#: purifying may take at most one second (a TITAN V); defense label -> attack -> %.
+PAPER_TABLE6: Mapping[str, Mapping[str, float]] = {
+    name: dict(zip(("FGSM", "iFGSM", "RAND+FGSM", "CW"), map(float, values.split()), strict=True))
+    for name, values in (("adv-training", "78.57 91.72 84.21 18.80"), ("magnet", "26.90 72.48 32.34 18.80"),
+                         ("defense-gan", "69.25 73.85 71.50 72.79"), ("puvae", "81.33 92.33 82.70 90.80"))}
 
 #: Data set -> (its name in prose, the number of the paper's table that reports it).
 PAPER_DATASETS: Mapping[str, tuple[str, int]] = {"mnist": ("MNIST", 2), "fashion-mnist": ("Fashion-MNIST", 3),
