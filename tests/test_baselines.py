@@ -359,17 +359,13 @@ def test_finish_baselines_measures_behind_the_given_classifiers(tmp_path) -> Non
 def test_bundled_defense_gan_generator_reaches_real_digits(mnist_root) -> None:
     """The bundled generator, searched briefly (L = 25, R = 2), lands far closer to real test digits
     than an untrained one with the same search: its weights carry the digit manifold."""
-    from dataclasses import replace
-
     from puvae_defense.baselines import DefenseGAN, load_purifier
     from puvae_defense.data import load_dataset
 
     bundled = load_purifier("defense-gan-mnist")
     images = load_dataset("mnist", "test", root=mnist_root).images[:8]
-    config = replace(bundled.config, steps=25, restarts=2)
-    short = DefenseGAN(config)
-    short.load_state_dict(bundled.state_dict())
     torch.manual_seed(0)
-    trained_mse = short.project(images, torch.Generator().manual_seed(0))[1].mean()
-    untrained_mse = DefenseGAN(config).project(images, torch.Generator().manual_seed(0))[1].mean()
-    assert trained_mse < 0.1 and trained_mse < untrained_mse / 3
+    untrained = DefenseGAN(bundled.config).eval()
+    trained_mse, untrained_mse = (gan.project(images, torch.Generator().manual_seed(0), steps=25, restarts=2)[1].mean()
+                                  for gan in (bundled, untrained))
+    assert not bundled.training and trained_mse < 0.1 and trained_mse < untrained_mse / 3
