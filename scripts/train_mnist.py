@@ -294,11 +294,14 @@ def write_hub(args: argparse.Namespace, data: dict[str, ImageDataset], device: t
 
 
 def fine_tuned_from(init: dict[str, str], initial_training: dict[str, Any] | None) -> str:
-    """The model card's line for the initial model: its name, weights sha256 and, when known, how it was trained."""
+    """The model card's line for the initial model: its name, weights sha256 and, when known, how it was
+    trained, every earlier stage of a chain of fine-tunings included."""
     line = f"`{init['name']}` at weights sha256 `{init['sha256']}`"
     if initial_training:
         line += (f", itself trained with {initial_training['command']} ({initial_training['epochs']} epochs, "
                  f"{initial_training['training time'].split(' (')[0]})")
+        if initial_training.get("fine-tuned from"):  # a chain of fine-tunings: keep every earlier stage
+            line += f" and fine-tuned from {initial_training['fine-tuned from']}"
     return line
 
 

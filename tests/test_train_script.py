@@ -166,3 +166,7 @@ def test_the_card_names_how_the_initial_model_was_trained() -> None:
     line = script.fine_tuned_from(init, {"command": "`python scripts/train_mnist.py --epochs 8`", "epochs": 8,
                                          "training time": "8320 s on CPU (2 threads) (training loops of all epochs)"})
     assert line.endswith("itself trained with `python scripts/train_mnist.py --epochs 8` (8 epochs, 8320 s on CPU)")
+    chained = script.fine_tuned_from({"name": "hub/puvae-mnist", "sha256": "c" * 64}, {
+        "command": "`python scripts/train_mnist.py --recipes finetune`", "epochs": 4,
+        "training time": "1848 s on CPU (2 threads) (training loops of all epochs)", "fine-tuned from": line})
+    assert chained.endswith(f"(4 epochs, 1848 s on CPU) and fine-tuned from {line}")
