@@ -42,12 +42,12 @@ Usage (the probe table of docs/training.md):
         --amp bf16 --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1
     # Iterative inputs for iFGSM (docs/training.md, "Iterative attack inputs"); the training ones also with
     # --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1:
-    python scripts/recipe_probe.py shipped-ens-12ep --model hub/puvae-mnist   # (the shipped model, for scale)
+    python scripts/recipe_probe.py shipped-ens-12ep --model hub/puvae-mnist   # (the model shipped before e8c5520)
     python scripts/recipe_probe.py mnist-ens-ft1-fgsm --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 1 --amp bf16
     python scripts/recipe_probe.py mnist-ens-ft1-pgd3 '{"noise_kind": "pgd", "noise_steps": 3}' --recipe finetune \
         --init hub/puvae-mnist --n 50000 --epochs 1 --amp bf16
-    python scripts/recipe_probe.py mnist-ens-ft3-pgd3 '{"noise_kind": "pgd", "noise_steps": 3}' --recipe finetune \
-        --init hub/puvae-mnist --n 50000 --epochs 3 --amp bf16
+    # the 3-epoch run is the shipped model's third stage (scripts/train_mnist.py --recipes finetune-pgd --epochs 3),
+    # scored here as mnist-ens-ft3-pgd3-shipped-val3000 --model hub/puvae-mnist --val-images 3000
     # and each model scored again on 3,000 validation images: NAME-val3000 --model FOLDER --val-images 3000
     # Fashion-MNIST (docs/training.md), each also with --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl:
     python scripts/recipe_probe.py fashion-robust-8ep --dataset fashion-mnist --model runs/fashion-mnist/puvae-robust/final
