@@ -90,9 +90,9 @@ if wants gan && [ "$(left)" -gt 120 ]; then
     fi
 fi
 if wants puvae && [ "$(left)" -gt 120 ]; then
-    # The shipped puvae-mnist's pipeline from scratch (docs/training.md), then the iterative-input
-    # fine-tune that a CPU session could only probe: robust 8 epochs -> finetune 4 epochs with the
-    # ensemble attack networks -> finetune-pgd 3 epochs; each stage starts from the one before.
+    # The shipped puvae-mnist's pipeline from scratch (docs/training.md, "The shipped MNIST models"):
+    # robust 8 epochs -> finetune 4 epochs with the ensemble attack networks -> finetune-pgd 3 epochs;
+    # each stage starts from the one before.
     stamp "PuVAE pipeline, $(left) s left"
     attackers=()
     if [ -n "$SMOKE" ]; then attackers=(hub/mnist-source)  # smoke: exercise the path, train no classifier
