@@ -337,6 +337,13 @@ def _replace(path: Path, name: str, body: str) -> None:
     path.write_text(pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text))
 
 
+def current_puvae_fingerprint(name: str) -> str:
+    """Weights fingerprint of the PuVAE ``name`` resolves to now (benchmark reports record fingerprints)."""
+    from puvae_defense import PuVAE
+    from puvae_defense.serialization import weights_fingerprint
+    return weights_fingerprint(PuVAE.from_pretrained(name))
+
+
 def defenses_speed() -> str:
     """Table 5 (and Table 6 / Figure 5 when measured) from benchmarks/defenses.py."""
     bench = _load("benchmark_defenses_cpu.json")
@@ -370,7 +377,10 @@ def defenses_speed() -> str:
     if "table6" in bench:
         t6 = bench["table6"]
         attacks = list(t6["points"][0]["accuracy"])
-        lines += ["", f"Accuracy of `{t6['classifier']}` behind each operating point, first {t6['images']} test images:",
+        lines += ["", f"Accuracy of `{t6['classifier']}` behind each operating point, first {t6['images']} test images"
+                  + (":" if bench["weights_fingerprint"]["puvae"] == current_puvae_fingerprint(weights["puvae"]) else
+                     f" (PuVAE's row measured on earlier `{weights['puvae']}` weights than the bundled ones; Table 2 has "
+                     f"the current ones; rerun `{bench['command']}`):"),
                   "", "| purifier | seconds | " + " | ".join(attacks) + " |", "|---|---|" + "---|" * len(attacks)]
         lines += [f"| {p['setting']} | {p['seconds']:.3g} | " + " | ".join(f"{p['accuracy'][a]:.1f}" for a in attacks) + " |"
                   for p in t6["points"]]

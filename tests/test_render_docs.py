@@ -53,3 +53,11 @@ def test_reports_on_the_wrong_dataset_or_disagreeing_are_refused(render, tmp_pat
     (tmp_path / "table2_b.json").write_text(json.dumps(report))
     with pytest.raises(SystemExit, match="Table 2 reports disagree on A/FGSM"):
         render.headline("mnist")
+
+
+def test_table6_says_when_its_puvae_row_is_from_other_weights(render, tmp_path, monkeypatch) -> None:
+    report = _copy(tmp_path, "benchmark_defenses_cpu.json", "benchmark_defenses_cpu.json")
+    monkeypatch.setattr(render, "current_puvae_fingerprint", lambda name: report["weights_fingerprint"]["puvae"])
+    assert "earlier" not in render.defenses_speed()
+    monkeypatch.setattr(render, "current_puvae_fingerprint", lambda name: "0" * 64)
+    assert "PuVAE's row measured on earlier `puvae-mnist` weights" in render.defenses_speed()
