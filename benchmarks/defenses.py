@@ -28,7 +28,6 @@ import json
 import platform
 import statistics
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,13 +52,6 @@ def seconds(fn, device: torch.device, repeats: int, *, warmup: bool = True) -> f
     if warmup:
         fn()
     return statistics.median(median_ms(fn, device, repeats)) / 1e3
-
-
-def with_search(gan: DefenseGAN, steps: int, restarts: int) -> DefenseGAN:
-    """The same generator with another L x R search."""
-    other = DefenseGAN(replace(gan.config, steps=steps, restarts=restarts)).eval().to(gan.fc.weight.device)
-    other.load_state_dict(gan.state_dict())
-    return other
 
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
@@ -145,7 +137,7 @@ def main() -> None:
     with torch.no_grad():
         times = {"puvae": seconds(lambda: puvae.project(images, 0.1), device, args.repeats),
                  "magnet": seconds(lambda: magnet.purify(images), device, args.repeats)}
-        searches = {(s, r): with_search(gan, s, r) for s, r in grid}
+        searches = {(s, r): gan.with_search(steps=s, restarts=r) for s, r in grid}
         # One warm-up for the whole grid (on its cheapest point): a second run of L = 200, R = 20 costs minutes on a CPU.
         gan_images = images[:args.gan_images or args.batch]
         scale = args.batch / gan_images.shape[0]  # the search is batched over images: its time grows linearly with them

@@ -205,7 +205,7 @@ def _defense_specs(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _evaluation_inputs(args: argparse.Namespace):
-    from .baselines import BitDepthSqueeze, load_purifier
+    from .baselines import BitDepthSqueeze, DefenseGAN, load_purifier
     from .classifier import PurifiedClassifier
     from .data import load_dataset
     from .serialization import weights_fingerprint
@@ -219,6 +219,8 @@ def _evaluation_inputs(args: argparse.Namespace):
     for label, source in _defense_specs(args).items():
         if source not in loaded:
             purifier = load_purifier(source, device=args.device)
+            if isinstance(purifier, DefenseGAN) and args.gan_precision is not None:
+                purifier = purifier.with_search(precision=args.gan_precision)
             loaded[source] = purifier, weights_fingerprint(purifier)
         purifier, fingerprint = loaded[source]
         purifiers[label] = purifier
@@ -230,6 +232,8 @@ def _evaluation_inputs(args: argparse.Namespace):
         defenses[label] = {name: PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps, input_transform=squeeze)
                            for name, net in defended_nets.items()}
         sources[label] = {"purifier": source, "type": getattr(purifier, "model_type", "none"),
+                          **({"search": {k: getattr(purifier.config, k) for k in ("steps", "restarts", "precision")}}
+                             if isinstance(purifier, DefenseGAN) else {}),
                           **({"input_transform": repr(squeeze)} if squeeze is not None else {}),
                           **({"classifiers": [f"{n}={own[n]}" for n in classifiers]} if adversarial else {}),
                           "fingerprint": fingerprint,
@@ -392,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--figure", default=None, help="also write the projection figure (PNG) here")
     ev.add_argument("--cache", default=None, metavar="DIR",
                     help="keep gray-box adversarial examples here and reuse them (they do not depend on the purifier)")
+    ev.add_argument("--gan-precision", default=None, choices=["fp32", "bf16"],
+                    help="arithmetic of Defense-GAN's projection (default: the weights' config, fp32); bf16 autocast "
+                         "is about 3x faster on CPUs with AMX and on GPUs")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -460,6 +461,21 @@ def distance_logits(model: PurifiedClassifier, scale: float) -> Callable[[torch.
     return lambda images: -scale * model.purify(images).distances  # type: ignore[operator]
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for ``z = 1.96``) of ``correct`` out of ``n``, in percent.
+
+    Example:
+        >>> [round(v, 1) for v in wilson_interval(100, 100)]
+        [96.3, 100.0]
+    """
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n >= 1, got correct={correct}, n={n}")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (100 * (centre - half), 100 * (centre + half))
+
+
 def _cell(ours: float, paper: float | None) -> str:
     if paper is None:
         return f"{ours:.2f}"
@@ -490,13 +506,15 @@ def results_markdown(report: Mapping[str, Any], *,
     ]
     for name, result in report["classifiers"].items():
         clean = f"{result['clean_accuracy']:.2f}"
+        subset = result.get("subset", {})  # defense -> n, where a merged report measured it on fewer images
+        mark = {d: f", n = {subset[d]:,}" if d in subset else "" for d in labels}
         lines.append(f"| {name} | no attack | {clean} | {clean} | "
-                     + " | ".join(f"{result['clean_through'][d]:.2f}" if d in result["clean_through"] else "-"
+                     + " | ".join(f"{result['clean_through'][d]:.2f}{mark[d]}" if d in result["clean_through"] else "-"
                                   for d in labels) + " |")
         for attack, cell in result["gray_box"].items():
             ref = paper.get((name, attack), {})
             values = [_cell(result["clean_accuracy"], ref.get("no_attack")), _cell(cell["no_defense"], ref.get("no_defense"))]
-            values += [_cell(cell[d], ref.get(d)) if d in cell else "-" for d in labels]
+            values += [_cell(cell[d], ref.get(d)) + mark[d] if d in cell else "-" for d in labels]
             lines.append(f"| {name} | {attack} | " + " | ".join(values) + " |")
     adaptive_rows = [(name, d, result["adaptive"][d], result["adaptive_n"])
                      for name, result in report["classifiers"].items() for d in labels if d in result["adaptive"]]

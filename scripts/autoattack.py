@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,16 +32,8 @@ from puvae_defense import PurifiedClassifier, PuVAE
 from puvae_defense.attacks import BPDA
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
+from puvae_defense.evaluation import wilson_interval
 from puvae_defense.serialization import weights_fingerprint
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion, in percent."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (100 * (centre - half), 100 * (centre + half))
 
 
 def suite(gradient_model: torch.nn.Module, defended: torch.nn.Module, eps: float, steps: int, queries: int,
@@ -144,9 +135,9 @@ def main() -> None:
         "requested_images": args.images, "work_file": str(log),
         "robust_accuracy_percent": {k: 100 * v / n for k, v in totals.items()} if n else {},
         "autoattack_percent": None if final is None or not n else 100 * final / n,
-        "autoattack_wilson95": None if final is None or not n else wilson(final, n),
+        "autoattack_wilson95": None if final is None or not n else wilson_interval(final, n),
         "square_alone_images": n, "square_alone_percent": 100 * square_alone / n if n else None,
-        "square_alone_wilson95": wilson(square_alone, n),
+        "square_alone_wilson95": wilson_interval(square_alone, n) if n else None,
         "max_linf": max((r["max_linf"] for r in done), default=0.0),
         "wall_seconds": sum(r["seconds"] for r in done), "device": str(device),
     }

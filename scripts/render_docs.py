@@ -15,7 +15,7 @@ from pathlib import Path
 
 from puvae_defense import hub
 from puvae_defense.evaluation import (ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_DATASETS, PAPER_TABLE6, defense_columns,
-                                      results_markdown)
+                                      results_markdown, wilson_interval)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -94,12 +94,17 @@ def merge_reports(reports: list[dict], table: str) -> dict:
     """One report from several, each on some classifiers and defenses.
 
     A defense must have the same weights in every report, and the cells two reports share
-    (clean and undefended accuracy on the same classifier and images) must agree.
+    (clean and undefended accuracy on the same classifier and images) must agree. A report on
+    fewer images than the largest for a classifier (a defense too slow for the whole test set)
+    adds only its defenses' cells, with their ``n`` and counts in ``subset`` so that the table
+    can mark them.
     """
     weights: dict[tuple[str, str], str | None] = {}
     classifiers: dict[str, dict] = {}
     sources: dict[str, dict] = {}
-    for report in reports:
+    largest = {name: max(r["classifiers"][name]["n"] for r in reports if name in r["classifiers"])
+               for report in reports for name in report["classifiers"]}
+    for report in sorted(reports, key=lambda r: -max(result["n"] for result in r["classifiers"].values())):
         for key, fp in _weights(report).items():
             if weights.setdefault(key, fp) != fp:
                 raise SystemExit(f"{table} reports with different {key[0]!r} weights in {RESULTS}: rerun them on one")
@@ -107,7 +112,20 @@ def merge_reports(reports: list[dict], table: str) -> dict:
             merged_source = sources.setdefault(label, {**source, "classifier_fingerprints": {}})
             merged_source["classifier_fingerprints"].update(source.get("classifier_fingerprints", {}))
         for name, result in report["classifiers"].items():
-            merged = classifiers.setdefault(name, {**result, "clean_through": {}, "gray_box": {}, "adaptive": {}})
+            merged = classifiers.setdefault(name, {**result, "clean_through": {}, "gray_box": {}, "adaptive": {},
+                                                   "subset": {}})
+            if result["n"] < largest[name]:
+                for label in result["clean_through"]:
+                    if label in merged["clean_through"]:
+                        raise SystemExit(f"{table} reports measure {name}/{label} twice (one on {result['n']} "
+                                         "images): keep one")
+                    merged["subset"][label] = result["n"]
+                merged["clean_through"].update(result["clean_through"])
+                for attack, cell in result["gray_box"].items():
+                    if attack not in merged["gray_box"]:
+                        raise SystemExit(f"{table}: {name}/{attack} is only in a report on {result['n']} images")
+                    merged["gray_box"][attack].update({k: v for k, v in cell.items() if k != "no_defense"})
+                continue
             if (merged["n"], merged["clean_accuracy"]) != (result["n"], result["clean_accuracy"]):
                 raise SystemExit(f"{table} reports disagree on classifier {name}'s clean accuracy or n: rerun them")
             merged["clean_through"].update(result["clean_through"])
@@ -118,6 +136,22 @@ def merge_reports(reports: list[dict], table: str) -> dict:
                 row.update(cell)
     meta = {**reports[0]["meta"], "defenses": defense_columns(list(sources)), "defense_sources": sources}
     return {"classifiers": classifiers, "meta": meta}
+
+
+def subset_intervals(merged: dict) -> str:
+    """A sentence giving the 95% intervals of the cells measured on fewer images (empty if none)."""
+    parts = []
+    for name, result in merged["classifiers"].items():
+        for label, n in result.get("subset", {}).items():
+            cells = [("no attack", result["clean_through"][label])]
+            cells += [(attack, row[label]) for attack, row in result["gray_box"].items() if label in row]
+            spans = ", ".join(f"{attack} {low:.1f}-{high:.1f}"
+                              for attack, value in cells for low, high in [wilson_interval(round(value * n / 100), n)])
+            parts.append(f"{name} / {DEFENSE_NAMES.get(label, label)} (first {n:,} test images): {spans}")
+    if not parts:
+        return ""
+    return ("Cells marked *n = ...* are measured on the first n test images only; their 95% Wilson intervals: "
+            + "; ".join(parts) + ".")
 
 
 def headline(dataset: str) -> str:
@@ -146,6 +180,8 @@ def headline(dataset: str) -> str:
         "",
         results_markdown(merged).strip(),
     ]
+    if intervals := subset_intervals(merged):
+        lines += ["", intervals]
     # Only defenses measured on the same weights as in the table belong in its tables.
     weights = _weights(merged)
     adaptive = [r for r in _results("adaptive*.json")

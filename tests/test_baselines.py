@@ -164,6 +164,23 @@ def test_defense_gan_search_descends_and_keeps_the_best_restart() -> None:
     assert all(p.grad is None for p in gan.parameters())
 
 
+def test_defense_gan_with_another_search_shares_the_weights_and_bf16_follows_fp32() -> None:
+    gan = _tiny_gan(steps=30, restarts=3)
+    other = gan.with_search(steps=5, precision="bf16")
+    assert (other.config.steps, other.config.restarts, other.config.precision) == (5, 3, "bf16")
+    assert gan.config.precision == "fp32" and not other.training
+    assert all(torch.equal(a, b) for a, b in zip(gan.state_dict().values(), other.state_dict().values()))
+    x = torch.rand(4, 1, 28, 28)
+    fp32, err32 = gan.project(x, torch.Generator().manual_seed(0))
+    bf16, err16 = gan.with_search(precision="bf16").project(x, torch.Generator().manual_seed(0))
+    assert bf16.dtype == torch.float32 and err16.dtype == torch.float32
+    # same starts, same steps, bf16 products: the searches end close, not bit-identical
+    assert not torch.equal(fp32, bf16)
+    torch.testing.assert_close(err16, err32, rtol=0.05, atol=1e-4)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        gan.with_search(precision="fp16")
+
+
 def test_defense_gan_as_a_purifier(images: torch.Tensor, tmp_path) -> None:
     gan = _tiny_gan(steps=3, restarts=2)
     net = _net()
@@ -269,6 +286,23 @@ def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) 
         main(["evaluate", "--defenses", "puvae=none", "puvae=none", "--name", "x", *common])
     with pytest.raises(SystemExit, match="--adv-classifiers names"):
         main(["evaluate", "--defenses", "adv-training", "--adv-classifiers", f"B={tmp_path / 'adv'}", "--name", "x", *common])
+
+
+def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_path, mnist_root) -> None:
+    import json
+
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+    from puvae_defense.cli import main
+
+    _tiny_gan(steps=2, restarts=2).save_pretrained(tmp_path / "gan")
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    common = ["--defenses", f"defense-gan={tmp_path / 'gan'}", "--classifiers", f"A={tmp_path / 'clf'}", "--attacks",
+              "--limit", "4", "--adaptive-limit", "0", "--data-root", str(mnist_root), "--out", str(tmp_path), "--quiet"]
+    assert main(["evaluate", *common, "--name", "fp32"]) == 0
+    assert main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16"]) == 0
+    searches = [json.loads((tmp_path / f"{name}.json").read_text())["meta"]["defense_sources"]["defense-gan"]["search"]
+                for name in ("fp32", "bf16")]
+    assert searches == [{"steps": 2, "restarts": 2, "precision": "fp32"}, {"steps": 2, "restarts": 2, "precision": "bf16"}]
 
 
 def test_model_cards_of_baseline_purifiers_show_the_purifier_usage() -> None:

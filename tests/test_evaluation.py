@@ -224,3 +224,15 @@ def test_markdown_marks_cells_a_merged_report_lacks(tiny_vae: PuVAE) -> None:
     rand_row = next(line for line in table.splitlines() if "| RAND+FGSM |" in line)
     no_attack_row = next(line for line in table.splitlines() if "| no attack |" in line)
     assert rand_row.split(" | ")[4] == "-" and no_attack_row.split(" | ")[4] == "-"  # MagNet's column
+
+
+def test_wilson_interval_matches_known_values() -> None:
+    from puvae_defense.evaluation import wilson_interval
+
+    low, high = wilson_interval(0, 200)
+    assert low == pytest.approx(0.0, abs=1e-9) and high == pytest.approx(1.8846, abs=1e-3)
+    low, high = wilson_interval(50, 100)
+    assert 50 - low == pytest.approx(high - 50) and high == pytest.approx(59.61, abs=0.01)
+    for correct, n in [(0, 0), (5, 4), (-1, 4)]:  # no images, or counts that cannot be: an error, not an interval
+        with pytest.raises(ValueError, match="0 <= correct <= n"):
+            wilson_interval(correct, n)

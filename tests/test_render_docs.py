@@ -64,3 +64,17 @@ def test_table6_says_when_its_puvae_row_is_from_other_weights(render, tmp_path) 
     report["weights_fingerprint"]["puvae"] = "0" * 64
     (tmp_path / "benchmark_defenses_cpu.json").write_text(json.dumps(report))
     assert "PuVAE's row measured on earlier `puvae-mnist` weights" in render.defenses_speed()
+
+
+def test_a_defense_measured_on_fewer_images_is_merged_and_marked(render, tmp_path) -> None:
+    shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_mnist_A.json")
+    first100 = _copy(tmp_path, "defense_gan_L200_R20_mnist_A_first100.json", "table2_defense_gan_mnist_A.json")
+    mnist = render.headline("mnist")
+    fgsm = next(line for line in mnist.splitlines() if line.startswith("| A | FGSM |"))
+    assert "| Defense-GAN | PuVAE |" in mnist
+    assert f"{first100['classifiers']['A']['gray_box']['FGSM']['defense-gan']:.2f} (85.29, " in fgsm and ", n = 100 |" in fgsm
+    # 43 of 100 under FGSM: Wilson interval 33.7-52.8
+    assert "A / Defense-GAN (first 100 test images): no attack 96.3-100.0, FGSM 33.7-52.8" in mnist
+    _copy(tmp_path, "defense_gan_L200_R20_mnist_A_first100.json", "table2_defense_gan_again.json")
+    with pytest.raises(SystemExit, match="measure A/defense-gan twice"):
+        render.headline("mnist")

@@ -6,7 +6,8 @@ random codes ``z ~ N(0, I)`` are each moved by ``L`` steps of gradient descent o
 ``mean((G(z) - x)^2)``; the ``G(z)`` closest to ``x`` replaces it. The PuVAE paper's setting is
 ``L = 200`` and ``R = 20``. Here the ``R`` restarts of every image run as one batch of
 ``B x R`` codes, and the step uses Defense-GAN's optimiser: momentum 0.7, learning rate 10
-decayed by 10x over ``0.8 L`` steps.
+decayed by 10x over ``0.8 L`` steps. ``precision="bf16"`` runs the generator under bfloat16
+autocast (CPUs with bf16 units, CUDA); ``z`` and its updates stay float32.
 
 Networks (Defense-GAN's MNIST model, ``net_dim = 64``, latent size 128):
 generator ``FC(4*4*256) - BN - ReLU - deconv5x5/2(128) - BN - ReLU - crop 7x7 - deconv5x5/2(64) -
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ from ..checkpoints import checkpoints, load_checkpoint, read_metadata, save_chec
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
 
-__all__ = ["DefenseGANConfig", "DefenseGAN", "Critic", "fit_defense_gan"]
+__all__ = ["DefenseGANConfig", "DefenseGAN", "Critic", "fit_defense_gan", "PRECISIONS"]
+
+#: Arithmetic of the projection's generator passes (``DefenseGANConfig.precision``).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class DefenseGANConfig:
         restarts: random starts per image, ``R`` (PuVAE paper: 20).
         lr: initial step size (Defense-GAN: 10), decayed by 10x over ``0.8 * steps``.
         momentum: of the step (Defense-GAN: 0.7).
+        precision: ``"fp32"`` or ``"bf16"``: the generator's arithmetic during the search (bf16
+            autocast is about 3x faster on a CPU with AMX; ``z``, its steps and the choice
+            of the closest restart stay float32). A setting of the search, not of the weights.
     """
 
     image_shape: tuple[int, int, int] = (1, 28, 28)
@@ -56,6 +63,7 @@ class DefenseGANConfig:
     restarts: int = 20
     lr: float = 10.0
     momentum: float = 0.7
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_shape", tuple(self.image_shape))
@@ -67,6 +75,8 @@ class DefenseGANConfig:
                 raise ValueError(f"DefenseGANConfig.{name} must be a positive integer, got {value!r}")
         if not self.lr > 0 or not 0 <= self.momentum < 1:
             raise ValueError(f"lr must be > 0 and momentum in [0, 1), got {self.lr} and {self.momentum}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"DefenseGANConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 class DefenseGAN(PretrainedMixin, ImagePurifier):
@@ -121,19 +131,31 @@ class DefenseGAN(PretrainedMixin, ImagePurifier):
                         device=generator.device if generator is not None else images.device)
         z = z.to(images.device, dtype).requires_grad_(True)
         velocity = torch.zeros_like(z)
+        bf16 = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with torch.enable_grad():
             for step in range(steps):
                 lr = cfg.lr * 0.1 ** (step / max(0.8 * steps, 1))
-                loss = (self.generate(z) - target).square().mean(dim=(1, 2, 3))
+                with bf16:
+                    loss = (self.generate(z).to(dtype) - target).square().mean(dim=(1, 2, 3))
                 (grad,) = torch.autograd.grad(loss.sum(), z)
-                velocity = cfg.momentum * velocity + grad
+                velocity = cfg.momentum * velocity + grad.to(dtype)
                 z = (z - lr * velocity).detach().requires_grad_(True)
         with torch.no_grad():
-            candidates = self.generate(z.detach())
+            with bf16:
+                candidates = self.generate(z.detach()).to(dtype)
             errors = (candidates - target).square().mean(dim=(1, 2, 3)).view(batch, restarts)
             best = errors.argmin(dim=1)
             rows = torch.arange(batch, device=images.device) * restarts + best
             return candidates[rows], errors[torch.arange(batch), best]
+
+    def with_search(self, *, steps: int | None = None, restarts: int | None = None,
+                    precision: str | None = None) -> DefenseGAN:
+        """The same generator (shared weights, eval mode) with another search: ``L``, ``R`` or
+        the projection's arithmetic; settings not given keep this model's."""
+        changes = {k: v for k, v in {"steps": steps, "restarts": restarts, "precision": precision}.items() if v is not None}
+        other = DefenseGAN(replace(self.config, **changes)).eval()
+        other.load_state_dict(self.state_dict())
+        return other.to(self.fc.weight.device)
 
     def _purify(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.training:
