@@ -262,7 +262,7 @@ def _evaluation_defaults(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from .evaluation import AttackCache, EvalSettings, evaluate, results_markdown
+    from .evaluation import AttackCache, EvalSettings, EvaluationProgress, evaluate, results_markdown
 
     # Same seed, same hardware, same numbers: no autotuned or nondeterministic kernels.
     torch.backends.cudnn.benchmark = False
@@ -278,7 +278,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
     cache = AttackCache(args.cache) if args.cache else None
     transfer = [label for label in defenses if ADVERSARIAL_TRAINING.get(label)]
-    report = evaluate(nets, defenses, test, settings, cache=cache, transfer=transfer, progress=not args.quiet)
+    checkpoint = EvaluationProgress(args.progress) if args.progress else None
+    report = evaluate(nets, defenses, test, settings, cache=cache, transfer=transfer, progress=not args.quiet,
+                      checkpoint=checkpoint)
     report["meta"]["command"] = _command(args)
     report["meta"]["classifiers"] = args.classifiers
     report["meta"]["defense_sources"] = sources
@@ -396,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--figure", default=None, help="also write the projection figure (PNG) here")
     ev.add_argument("--cache", default=None, metavar="DIR",
                     help="keep gray-box adversarial examples here and reuse them (they do not depend on the purifier)")
+    ev.add_argument("--progress", default=None, metavar="FILE",
+                    help="record the progress here after every batch; the same command resumes from it (also with a "
+                         "larger --limit when it stopped on a whole batch), giving the numbers of one uninterrupted run")
     ev.add_argument("--gan-precision", default=None, choices=["fp32", "bf16"],
                     help="arithmetic of Defense-GAN's projection (default: the weights' config, fp32); bf16 autocast "
                          "is about 3x faster on CPUs with AMX and on GPUs")

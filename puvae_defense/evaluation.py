@@ -19,6 +19,7 @@ attacks then costs only the purification.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -49,10 +50,12 @@ __all__ = [
     "PAPER_TABLE6",
     "PAPER_TABLES",
     "EvalSettings",
+    "EvaluationProgress",
     "defended_accuracy",
     "evaluate",
     "results_markdown",
     "weights_fingerprint",
+    "wilson_interval",
 ]
 
 #: Column names of the paper's tables: the defense labels of :func:`evaluate` reports.
@@ -221,6 +224,86 @@ class AttackCache:
         return result
 
 
+class EvaluationProgress:
+    """An evaluation's progress on disk after every batch, so that a stopped run resumes.
+
+    The file (JSON, written atomically) holds per classifier the images done, the counts and
+    timings so far and the state of every defense's noise generator: the resumed run gives
+    the numbers of the run that was not stopped. It belongs to one run (settings but the
+    image count, attack parameters, every model's weights and configuration); another run's
+    file is an error, not a silent mix. The image count may grow between runs when the run
+    stopped on a whole batch.
+
+    Args:
+        path: the JSON file (created on the first batch).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._key: dict[str, Any] | None = None
+        self._state: dict[str, Any] = {}
+
+    def bind(self, key: dict[str, Any]) -> None:
+        """Tie the file to one run; a file written by another run raises ``ValueError``."""
+        self._key = json.loads(json.dumps(key, sort_keys=True))
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("key") != self._key:
+                differ = sorted(k for k in self._key if saved.get("key", {}).get(k) != self._key[k])
+                raise ValueError(f"{self.path} holds the progress of another evaluation (different {', '.join(differ)}); "
+                                 "use another file or delete it")
+            self._state = saved["classifiers"]
+
+    def resume(self, name: str, size: int, batch_size: int, gens: Mapping[str, torch.Generator]
+               ) -> tuple[int, dict[str, int], dict[str, float]]:
+        """``(images done, counts, timings)`` of classifier ``name``; sets ``gens`` to where they were."""
+        state = self._state.get(name)
+        if state is None:
+            return 0, {"clean": 0}, {}
+        done = state["done"]
+        if done > size:
+            raise ValueError(f"{self.path}: classifier {name} has {done} images done, more than the {size} asked for")
+        if done < size and done % batch_size:
+            raise ValueError(f"{self.path}: classifier {name} stopped after a partial batch ({done} images, batches of "
+                             f"{batch_size}); it cannot grow to {size} images with the same batches")
+        for label, encoded in state["generators"].items():
+            gens[label].set_state(torch.frombuffer(bytearray(base64.b64decode(encoded)), dtype=torch.uint8))
+        return done, dict(state["counts"]), dict(state["timings"])
+
+    def save(self, name: str, done: int, counts: Mapping[str, int], timings: Mapping[str, float],
+             gens: Mapping[str, torch.Generator]) -> None:
+        """Record classifier ``name`` after ``done`` images."""
+        self._state[name] = {"done": done, "counts": dict(counts), "timings": dict(timings),
+                             "generators": {label: base64.b64encode(g.get_state().numpy().tobytes()).decode()
+                                            for label, g in gens.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": self._key, "classifiers": self._state}, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+
+def _run_key(classifiers: Mapping[str, nn.Module], defenses: Mapping[str, Mapping[str, PurifiedClassifier]],
+             settings: EvalSettings, transfer: Collection[str]) -> dict[str, Any]:
+    """What determines an evaluation's numbers, but the image count (``EvaluationProgress``)."""
+    fingerprints: dict[int, str] = {}
+
+    def fingerprint(module: nn.Module) -> str:
+        return fingerprints.setdefault(id(module), weights_fingerprint(module))
+
+    return {
+        "settings": {"attacks": list(settings.attacks), "adaptive": list(settings.adaptive),
+                     "adaptive_limit": settings.adaptive_limit, "batch_size": settings.batch_size,
+                     "sigma_eps": settings.sigma_eps, "seed": settings.seed, "dataset": settings.dataset},
+        "attack_params": settings.params,
+        "classifiers": {name: fingerprint(net) for name, net in classifiers.items()},
+        "defenses": {label: {name: {"classifier": fingerprint(m.classifier), "purifier": fingerprint(m.purifier),
+                                    "config": repr(getattr(m.purifier, "config", None)), "sigma_eps": m.sigma_eps,
+                                    "input_transform": repr(m.input_transform)}
+                             for name, m in models.items()} for label, models in defenses.items()},
+        "transfer": sorted(transfer),
+    }
+
+
 def _batch_generator(seed: int, start: int, stream: int) -> torch.Generator:
     """A generator for one batch and one purpose, independent of every other draw."""
     return torch.Generator().manual_seed(seed * 1_000_003 + start * 101 + stream)
@@ -296,6 +379,7 @@ def evaluate(
     cache: AttackCache | None = None,
     transfer: Collection[str] = (),
     progress: bool = True,
+    checkpoint: EvaluationProgress | None = None,
 ) -> dict[str, Any]:
     """Run the gray-box table and the adaptive attacks for several defenses on the same images.
 
@@ -319,6 +403,8 @@ def evaluate(
             examples are computed on the undefended one (a transfer attack: the attacker does
             not know the classifier was retrained), e.g. ``{"adv-training-transfer"}``.
         progress: tqdm progress bars.
+        checkpoint: record the progress after every batch and resume from it (a stopped run,
+            or the same run on more images); the numbers are those of one uninterrupted run.
 
     Returns:
         ``{"classifiers": {name: {"n", "clean_accuracy", "clean_through": {defense: %},
@@ -341,17 +427,25 @@ def evaluate(
     adaptive_size = min(settings.adaptive_limit, size)
     started = time.perf_counter()
     report: dict[str, Any] = {"classifiers": {}}
+    if checkpoint is not None:
+        checkpoint.bind(_run_key(classifiers, defenses, settings, transfer))
+    resumed: dict[str, int] = {}
     for name, classifier in classifiers.items():
         models = {label: models[name] for label, models in defenses.items()}
         targets_of = {label: _attack_target(classifier, model, label in transfer) for label, model in models.items()}
         adaptive = {label: [a for a in settings.adaptive if a != "PGD on the distances" or _has_distances(model)]
                     for label, model in models.items()}
-        counts: dict[str, int] = {"clean": 0}
-        timings: dict[str, float] = {}
         # One noise generator per defense: a defense's numbers do not depend on the others in the run.
         gens = {label: torch.Generator().manual_seed(settings.seed) for label in models}
-        bar = tqdm(total=size, desc=f"classifier {name}", disable=not progress)
-        for start in range(0, size, settings.batch_size):
+        first = 0
+        counts: dict[str, int] = {"clean": 0}
+        timings: dict[str, float] = {}
+        if checkpoint is not None:
+            first, counts, timings = checkpoint.resume(name, size, settings.batch_size, gens)
+            if first:
+                resumed[name] = first
+        bar = tqdm(total=size, initial=first, desc=f"classifier {name}", disable=not progress)
+        for start in range(first, size, settings.batch_size):
             x = dataset.images[start : start + min(settings.batch_size, size - start)].to(device)
             y = dataset.labels[start : start + x.shape[0]].to(device)
             with torch.no_grad():
@@ -381,6 +475,8 @@ def evaluate(
                         x_adv = _adaptive_attack(attack, model, x_a, y_a, params, gens[label])
                         _count(timings, f"{label}/{attack}", time.perf_counter() - tic)
                         _count(counts, f"{label}/{attack}", _correct(_defended_logits(model, x_adv, gens[label]), y_a))
+            if checkpoint is not None:
+                checkpoint.save(name, start + x.shape[0], counts, timings, gens)
             bar.update(x.shape[0])
         bar.close()
         percent = partial(_percent, counts, n=size)
@@ -403,6 +499,7 @@ def evaluate(
                      "sigma_eps": settings.sigma_eps, "seed": settings.seed, "dataset": settings.dataset},
         "attack_params": params,
         "wall_seconds": time.perf_counter() - started,
+        **({"resumed": {"file": str(checkpoint.path), "images_done_before": resumed}} if resumed and checkpoint else {}),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -298,7 +298,9 @@ def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_
     PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
     common = ["--defenses", f"defense-gan={tmp_path / 'gan'}", "--classifiers", f"A={tmp_path / 'clf'}", "--attacks",
               "--limit", "4", "--adaptive-limit", "0", "--data-root", str(mnist_root), "--out", str(tmp_path), "--quiet"]
-    assert main(["evaluate", *common, "--name", "fp32"]) == 0
+    assert main(["evaluate", *common, "--name", "fp32", "--progress", str(tmp_path / "fp32.progress")]) == 0
+    with pytest.raises(ValueError, match="another evaluation .different defenses"):  # the search is part of the run
+        main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16", "--progress", str(tmp_path / "fp32.progress")])
     assert main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16"]) == 0
     searches = [json.loads((tmp_path / f"{name}.json").read_text())["meta"]["defense_sources"]["defense-gan"]["search"]
                 for name in ("fp32", "bf16")]

@@ -236,3 +236,55 @@ def test_wilson_interval_matches_known_values() -> None:
     for correct, n in [(0, 0), (5, 4), (-1, 4)]:  # no images, or counts that cannot be: an error, not an interval
         with pytest.raises(ValueError, match="0 <= correct <= n"):
             wilson_interval(correct, n)
+
+
+def test_a_stopped_evaluation_resumes_to_the_numbers_of_one_run(tiny_vae: PuVAE, tmp_path) -> None:
+    from puvae_defense.evaluation import EvaluationProgress
+
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(24)
+    settings = EvalSettings(attacks=("FGSM", "RAND+FGSM"), adaptive=("PGD + EOT",), adaptive_limit=12, batch_size=8,
+                            overrides=QUICK)
+    straight = evaluate(nets, defended, data, settings, progress=False)
+    path = tmp_path / "progress.json"
+    evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
+             checkpoint=EvaluationProgress(path))  # "stopped" after the first batch
+    saved = json.loads(path.read_text())["classifiers"]["A"]
+    assert saved["done"] == 8
+    resumed = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    assert resumed["meta"]["resumed"]["images_done_before"] == {"A": 8}
+    for key in ("n", "clean_accuracy", "clean_through", "gray_box", "adaptive", "adaptive_n"):
+        assert resumed["classifiers"]["A"][key] == straight["classifiers"]["A"][key], key
+    # a finished run resumes to its report without recomputing
+    again = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    assert again["classifiers"]["A"]["gray_box"] == straight["classifiers"]["A"]["gray_box"]
+
+
+def test_progress_file_restores_the_noise_and_refuses_other_runs(tiny_vae: PuVAE, tmp_path) -> None:
+    from puvae_defense.evaluation import EvaluationProgress
+
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM",), adaptive=(), limit=6, batch_size=4, overrides=QUICK)
+    path = tmp_path / "progress.json"
+    evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 4}), progress=False,
+             checkpoint=EvaluationProgress(path))
+    progress = EvaluationProgress(path)
+    progress.bind(json.loads(path.read_text())["key"])
+    gens = {"puvae": torch.Generator().manual_seed(0)}
+    fresh = gens["puvae"].get_state().clone()
+    done, counts, _ = progress.resume("A", 16, 4, gens)
+    assert done == 4 and counts["clean"] >= 0
+    assert not torch.equal(gens["puvae"].get_state(), fresh)  # the purifier's noise had advanced; it is restored
+    with pytest.raises(ValueError, match="more than the 2 asked for"):
+        progress.resume("A", 2, 4, gens)
+    evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))  # 6: a partial batch
+    with pytest.raises(ValueError, match="stopped after a partial batch"):
+        evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 12}), progress=False,
+                 checkpoint=EvaluationProgress(path))
+    with pytest.raises(ValueError, match="another evaluation .different settings"):
+        evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "seed": 1}), progress=False,
+                 checkpoint=EvaluationProgress(path))
+    other = {"puvae": {"A": PurifiedClassifier(nets["A"], tiny_vae, sigma_eps=0.0)}}
+    with pytest.raises(ValueError, match="different defenses"):
+        evaluate(nets, other, data, settings, progress=False, checkpoint=EvaluationProgress(path))
