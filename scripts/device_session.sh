@@ -11,7 +11,9 @@
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
 # STAGES="tests bench gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
-# (carried, git-ignored). The bundled weights the stages do not read can stay behind when
+# (carried, git-ignored). Evaluations write their progress after every batch to
+# results/NAME.progress.json in the bundle; carry those files back as .gpu/progress/ and the
+# next session's same evaluation resumes where the time limit stopped this one. The bundled weights the stages do not read can stay behind when
 # the tree is too large to send: scripts/device_tree.sh stash / restore.
 set -u
 OUT=${OUT:?set OUT}
@@ -28,6 +30,7 @@ mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw" "$WORK/hub"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export PUVAE_DEFENSE_DATA=$WORK/data CUBLAS_WORKSPACE_CONFIG=:4096:8
 tar xzf .gpu/mnist-raw.tar.gz -C "$WORK/data/MNIST/raw"
+if [ -d .gpu/progress ]; then cp .gpu/progress/*.progress.json "$WORK/results/" 2>/dev/null; fi
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$WORK/logs/session.log"; }
 wants() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -47,7 +50,8 @@ evaluate() {  # name, then options
     [ "$(left)" -gt 40 ] || return 0
     stamp "evaluation $name, $(left) s left"
     timeout $(( $(left) - 15 )) python3 -m puvae_defense.cli evaluate --device "$DEVICE" --quiet "${EVAL_EXTRA[@]}" \
-        --out "$WORK/results" --name "$name" --cache "$WORK/adv_cache" "$@" > "$WORK/logs/evaluate_$name.log" 2>&1
+        --out "$WORK/results" --name "$name" --cache "$WORK/adv_cache" --progress "$WORK/results/$name.progress.json" \
+        "$@" > "$WORK/logs/evaluate_$name.log" 2>&1
     stamp "evaluate $name exit $?"
     bundle
 }
