@@ -96,14 +96,16 @@ def merge_reports(reports: list[dict], table: str) -> dict:
     A defense must have the same weights in every report, and the cells two reports share
     (clean and undefended accuracy on the same classifier and images) must agree. A report on
     fewer images than the largest for a classifier (a defense too slow for the whole test set)
-    adds only its defenses' cells, with their ``n`` and counts in ``subset`` so that the table
-    can mark them.
+    adds only its defenses' cells, with their ``n`` in ``subset`` so that the table can mark
+    them.
     """
     weights: dict[tuple[str, str], str | None] = {}
     classifiers: dict[str, dict] = {}
     sources: dict[str, dict] = {}
-    largest = {name: max(r["classifiers"][name]["n"] for r in reports if name in r["classifiers"])
-               for report in reports for name in report["classifiers"]}
+    largest: dict[str, int] = {}
+    for report in reports:
+        for name, result in report["classifiers"].items():
+            largest[name] = max(largest.get(name, 0), result["n"])
     for report in sorted(reports, key=lambda r: -max(result["n"] for result in r["classifiers"].values())):
         for key, fp in _weights(report).items():
             if weights.setdefault(key, fp) != fp:
