@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "larger --limit when it stopped on a whole batch), giving the numbers of one uninterrupted run")
     ev.add_argument("--gan-precision", default=None, choices=["fp32", "bf16"],
                     help="arithmetic of Defense-GAN's projection (default: the weights' config, fp32); bf16 autocast "
-                         "is about 3x faster on CPUs with AMX and on GPUs")
+                         "is about 2.4x faster on CPUs with AMX units")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -52,7 +52,7 @@ class DefenseGANConfig:
         lr: initial step size (Defense-GAN: 10), decayed by 10x over ``0.8 * steps``.
         momentum: of the step (Defense-GAN: 0.7).
         precision: ``"fp32"`` or ``"bf16"``: the generator's arithmetic during the search (bf16
-            autocast is about 3x faster on a CPU with AMX; ``z``, its steps and the choice
+            autocast is about 2.4x faster on a CPU with AMX; ``z``, its steps and the choice
             of the closest restart stay float32). A setting of the search, not of the weights.
     """
 
