@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from puvae_defense import PuVAE, PurifiedClassifier
-from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, MagNetReformer, load_purifier
+from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, MagNetReformer, load_purifier, parse_search
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.evaluation import AttackCache, EvalSettings, evaluate
@@ -56,13 +56,10 @@ def seconds(fn, device: torch.device, repeats: int, *, warmup: bool = True) -> f
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
     """``"10x1,25x2"`` -> ``[(10, 1), (25, 2)]``; anything else is an error naming the item."""
-    grid = []
-    for item in text.split(","):
-        parts = item.strip().split("x")
-        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise SystemExit(f"grid points are LxR with positive integers, e.g. 10x1; got {item!r}")
-        grid.append((int(parts[0]), int(parts[1])))
-    return grid
+    try:
+        return [parse_search(item) for item in text.split(",")]
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 def label(steps: int, restarts: int) -> str:

@@ -23,8 +23,8 @@ DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-tests bench gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
 if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
-    GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1
-else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; fi
+    GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2)
+else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; GAN_SEARCH=(); fi
 START=$(date +%s)
 mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw" "$WORK/hub"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -80,7 +80,7 @@ if wants gan && [ "$(left)" -gt 120 ]; then
     bundle
     if [ -f "$WORK/hub/defense-gan-mnist/model.safetensors" ]; then
         evaluate table2_defense_gan_mnist --defenses defense-gan="$WORK/hub/defense-gan-mnist" \
-            --classifiers A=hub/mnist-classifier-a B=hub/mnist-classifier-b --adaptive bpda --adaptive-limit 1000
+            --classifiers A=hub/mnist-classifier-a B=hub/mnist-classifier-b --adaptive bpda --adaptive-limit 1000 "${GAN_SEARCH[@]}"
         if [ "$(left)" -gt 60 ]; then
             # Accuracy points need the trained PuVAE; without it in the tree (stashed), timing only.
             if [ -f hub/puvae-mnist/model.safetensors ]; then accuracy=(--images $GAN_IMAGES --figure "$WORK/results/time_budget_$DEVICE.png")

@@ -302,9 +302,25 @@ def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_
     with pytest.raises(ValueError, match="another evaluation .different defenses"):  # the search is part of the run
         main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16", "--progress", str(tmp_path / "fp32.progress")])
     assert main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16"]) == 0
+    assert main(["evaluate", *common, "--gan-search", "3x1", "--name", "short"]) == 0
     searches = [json.loads((tmp_path / f"{name}.json").read_text())["meta"]["defense_sources"]["defense-gan"]["search"]
-                for name in ("fp32", "bf16")]
-    assert searches == [{"steps": 2, "restarts": 2, "precision": "fp32"}, {"steps": 2, "restarts": 2, "precision": "bf16"}]
+                for name in ("fp32", "bf16", "short")]
+    assert searches == [{"steps": 2, "restarts": 2, "precision": "fp32"}, {"steps": 2, "restarts": 2, "precision": "bf16"},
+                        {"steps": 3, "restarts": 1, "precision": "fp32"}]
+    with pytest.raises(SystemExit, match="--gan-search: .*LxR.*got '3x'"):
+        main(["evaluate", *common, "--gan-search", "3x", "--name", "bad"])
+    MagNetReformer().save_pretrained(tmp_path / "magnet")
+    with pytest.raises(SystemExit, match="--defenses has no Defense-GAN"):
+        main(["evaluate", *common[2:], "--defenses", f"magnet={tmp_path / 'magnet'}", "--gan-search", "3x1", "--name", "bad"])
+
+
+def test_parse_search_reads_steps_by_restarts_and_names_what_it_cannot() -> None:
+    from puvae_defense.baselines import parse_search
+
+    assert parse_search("200x20") == (200, 20) and parse_search(" 10x1 ") == (10, 1)
+    for text in ("200", "0x5", "10x-1", "axb", "10x2x3"):
+        with pytest.raises(ValueError, match=f"got '{text}'"):
+            parse_search(text)
 
 
 def test_model_cards_of_baseline_purifiers_show_the_purifier_usage() -> None:

@@ -33,10 +33,19 @@ from ..checkpoints import checkpoints, load_checkpoint, read_metadata, save_chec
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
 
-__all__ = ["DefenseGANConfig", "DefenseGAN", "Critic", "fit_defense_gan", "PRECISIONS"]
+__all__ = ["DefenseGANConfig", "DefenseGAN", "Critic", "fit_defense_gan", "parse_search", "PRECISIONS"]
 
 #: Arithmetic of the projection's generator passes (``DefenseGANConfig.precision``).
 PRECISIONS = ("fp32", "bf16")
+
+
+def parse_search(text: str) -> tuple[int, int]:
+    """``"200x20"`` -> ``(200, 20)``: a projection's ``L`` steps and ``R`` restarts, as written
+    in the paper's tables; anything else raises ``ValueError`` naming it."""
+    parts = text.strip().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"a Defense-GAN search is LxR with positive integers (steps x restarts), e.g. 200x20; got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 @dataclass(frozen=True)
