@@ -5,12 +5,15 @@
 # little time is left, results bundled into $OUT after each:
 #   tests    the kernel and model tests on CUDA (Triton compiled for the GPU);
 #   bench    benchmarks/projection.py on CUDA;
+#   gan-eval the bundled defense-gan-mnist (the generator of the CPU columns) at the paper's
+#            L = 200, R = 20 in float32: Table 2's column on the full test set behind A and B,
+#            then BPDA on the first 1,000 test images behind each (issue 9's GPU items);
 #   gan      Defense-GAN's WGAN-GP training (20,000 generator steps), the baseline that a CPU
 #            cannot afford, then its Table 2 column on the full test set with MagNet and
 #            PuVAE beside it, and Tables 5-6 / Figure 5 on the GPU;
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
-# STAGES="tests bench gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
+# STAGES="tests bench gan-eval gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
 # results/NAME.progress.json in the bundle; carry those files back as .gpu/progress/ and the
 # next session's same evaluation resumes where the time limit stopped this one. The bundled weights the stages do not read can stay behind when
@@ -20,7 +23,7 @@ OUT=${OUT:?set OUT}
 WORK=${WORK:-/tmp/puvae-work}
 BUDGET=${BUDGET:-560}                  # seconds for the whole command
 DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-tests bench gan}
+STAGES=${STAGES:-tests bench gan-eval gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
 if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
     GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2)
@@ -70,6 +73,16 @@ if wants bench; then
     timeout 120 python3 benchmarks/projection.py --device "$DEVICE" --repeats $REPEATS --out "$WORK/results/benchmark_projection_$DEVICE.json" > "$WORK/logs/benchmark.log" 2>&1
     stamp "benchmark exit $?"
     bundle
+fi
+if wants gan-eval && [ -f hub/defense-gan-mnist/model.safetensors ]; then
+    for clf in A B; do
+        evaluate table2_defense_gan_mnist_$clf --defenses defense-gan --classifiers $clf=hub/mnist-classifier-${clf,,} \
+            --adaptive-limit 0 "${GAN_SEARCH[@]}"
+    done
+    for clf in A B; do  # batches of 100: the progress file keeps what a timeout cuts
+        evaluate adaptive_defense_gan_mnist_$clf --defenses defense-gan --classifiers $clf=hub/mnist-classifier-${clf,,} \
+            --attacks --adaptive bpda --batch-size 100 "${GAN_SEARCH[@]}"
+    done
 fi
 if wants gan && [ "$(left)" -gt 120 ]; then
     stamp "Defense-GAN training, $(left) s left"

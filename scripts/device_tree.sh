@@ -6,8 +6,7 @@
 #   scripts/device_tree.sh restore    # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
-FILES=(hub/puvae-mnist/model.safetensors hub/defense-gan-mnist/model.safetensors
-       hub/puvae-fashion-mnist/model.safetensors hub/defense-gan-fashion-mnist/model.safetensors)
+FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors)  # defense-gan-mnist (3 MiB) stays: stage gan-eval reads it
 case ${1:-} in
     stash)
         if [ ! -f .gpu/mnist-raw.tar.gz ]; then  # MNIST for the device, carried: run(carry=[".gpu"])
