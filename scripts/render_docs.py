@@ -63,11 +63,25 @@ def _matches(report: dict, weights: dict[tuple[str, str], str | None]) -> dict[s
     return same
 
 
+ADAPTIVE_IMAGES = 1000
+
+
+def adaptive_cell(value: float, n: int, usual: int) -> str:
+    """One adaptive cell: the accuracy, its n when not the row's, its interval when n is small."""
+    text = f"{value:.2f}"
+    notes = [] if n == usual else [f"n = {n:,}"]
+    if n < ADAPTIVE_IMAGES:
+        low, high = wilson_interval(round(value * n / 100), n)
+        notes.append(f"95% {low:.1f}-{high:.1f}")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def adaptive_table(reports: list[dict], weights: dict[tuple[str, str], str | None]) -> str:
     """One table from several adaptive-attack reports (rows: classifier and defense; columns:
     attacks), keeping only defenses measured on Table 2's weights.
 
-    Cells measured on another number of images than the row's most common one say their n.
+    Cells measured on another number of images than the row's most common one say their n, and
+    cells on fewer than ``ADAPTIVE_IMAGES`` (the issue's 1,000) their 95% Wilson interval.
     """
     cells: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
     for report in reports:
@@ -82,10 +96,7 @@ def adaptive_table(reports: list[dict], weights: dict[tuple[str, str], str | Non
     for (name, label), row in sorted(cells.items(), key=lambda item: (item[0][0], order.index(item[0][1]))):
         sizes = [n for _, n in row.values()]
         usual = max(set(sizes), key=sizes.count)
-        values = " | ".join(
-            "-" if a not in row else f"{row[a][0]:.2f}" + ("" if row[a][1] == usual else f" (n = {row[a][1]:,})")
-            for a in attacks
-        )
+        values = " | ".join("-" if a not in row else adaptive_cell(*row[a], usual) for a in attacks)
         lines.append(f"| {name} | {DEFENSE_NAMES.get(label, label)} | {usual:,} | {values} |")
     return "\n".join(lines)
 

@@ -78,3 +78,11 @@ def test_a_defense_measured_on_fewer_images_is_merged_and_marked(render, tmp_pat
     _copy(tmp_path, "defense_gan_L200_R20_mnist_A_first100.json", "table2_defense_gan_again.json")
     with pytest.raises(SystemExit, match="measure A/defense-gan twice"):
         render.headline("mnist")
+
+
+def test_adaptive_cells_on_few_images_carry_their_interval(render) -> None:
+    assert render.adaptive_cell(93.8, 1000, 1000) == "93.80"
+    # 23 of 100 under BPDA: Wilson interval 15.8-32.2
+    assert render.adaptive_cell(23.0, 100, 100) == "23.00 (95% 15.8-32.2)"
+    assert render.adaptive_cell(23.0, 100, 1000) == "23.00 (n = 100; 95% 15.8-32.2)"
+    assert render.adaptive_cell(50.0, 2000, 1000) == "50.00 (n = 2,000)"
