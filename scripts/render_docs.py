@@ -303,7 +303,7 @@ def deployment() -> str:
     lines.append(f"`puvae-defense purify` purified {purify['images']:,} test images at {purify['images_per_second']:.0f} "
                  f"images/s (batches of {purify['batch_size']}).")
     if not any("bf16" in f or f.startswith("amx") for f in bench["cpu_flags"]):
-        lines.append("This CPU has no bfloat16 instructions, so bfloat16 is emulated and much slower than float32 here; "
+        lines.append("The CPU these were measured on has no bfloat16 instructions (its flags are in the results file), so bfloat16 is emulated and much slower than float32 there; "
                      "the bfloat16 paths are for CPUs with AVX512-BF16 or AMX and for GPUs, where we have not measured them.")
     return "\n".join(lines)
 
