@@ -6,10 +6,12 @@
 #   scripts/fashion_mnist.sh train        # PuVAE (robust and robust-kl03, 8 epochs bf16, 50 min each here),
 #                                         # the better on validation (scored by selectors/) into hub/;
 #                                         # reuses the classifiers in hub/ and adds their accuracy through it
-#   scripts/fashion_mnist.sh baselines    # MagNet's reformer, adversarially trained A and B
+#   scripts/fashion_mnist.sh baselines    # MagNet's reformer, adversarially trained A and B, Defense-GAN's
+#                                         # generator (4,000 WGAN-GP steps as for MNIST, about 80 min here)
 #   scripts/fashion_mnist.sh bundle       # register the hub/ models, measure the baselines behind A and B
 #   scripts/fashion_mnist.sh table3       # Table 3 on the full test set and adaptive attacks (BPDA, ...) on
-#                                         # 1,000 images, bundled models
+#                                         # 1,000 images, bundled models; Defense-GAN's cells (L = 200,
+#                                         # R = 20, bf16) on the first 500 test images, about 1 h per classifier
 #
 # WORK (default runs/fashion-mnist) holds the training runs and checkpoints. The finished
 # folders go straight into hub/, so a stage's output can be committed when it is final and a
@@ -44,13 +46,16 @@ case ${1:-} in
             name=fashion-mnist-adv-classifier-${arch,,}
             [ -f "$out/$name/model.safetensors" ] ||
                 "$CLI" train-baseline adv-training --dataset fashion-mnist --arch "$arch" --out "$out/$name"
-        done ;;
+        done
+        [ -f "$out/defense-gan-fashion-mnist/model.safetensors" ] ||
+            "$CLI" train-baseline defense-gan --dataset fashion-mnist --generator-steps 4000 --val-images 32 \
+                --checkpoint-dir "$WORK/gan-checkpoints" --out "$out/defense-gan-fashion-mnist" ;;
     bundle)
         for name in "${MODELS[@]}"; do
             [ -f "hub/$name/model.safetensors" ] || { echo "hub/$name is missing: run the classifiers and train stages" >&2; exit 1; }
         done
         "$PY" scripts/build_registry.py  # registers them, so the baselines are measured behind the bundled A and B
-        "$PY" scripts/finish_baselines.py --dataset fashion-mnist ;;
+        "$PY" scripts/finish_baselines.py --dataset fashion-mnist --gan-images 100 ;;
     table3)  # cheapest reports first, so a session that ends mid-stage keeps the most cells
         both=(A=fashion-mnist-classifier-a B=fashion-mnist-classifier-b)
         report table3_magnet_fashion-mnist --defenses magnet --classifiers "${both[@]}" --adaptive-limit 0
@@ -71,6 +76,13 @@ case ${1:-} in
             report "table3_advtr_fashion-mnist_$arch" --defenses adv-training \
                 --classifiers "${arch}=fashion-mnist-classifier-${arch,,}" --adaptive-limit 0
         done
+        if [ -f hub/defense-gan-fashion-mnist/model.safetensors ]; then  # the full set is a GPU job (device_session.sh)
+            for arch in A B; do
+                report "table3_defense_gan_fashion-mnist_$arch" --defenses defense-gan \
+                    --classifiers "${arch}=fashion-mnist-classifier-${arch,,}" --limit 500 --adaptive-limit 0 \
+                    --gan-precision bf16 --progress "$WORK/table3_defense_gan_$arch.progress.json"
+            done
+        fi
         "$PY" scripts/render_docs.py ;;
     *) echo "usage: $0 classifiers|train|baselines|bundle|table3" >&2; exit 2 ;;
 esac

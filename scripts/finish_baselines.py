@@ -46,7 +46,8 @@ def descriptions(dataset: str) -> dict[str, tuple[str, str]]:
     their MNIST architectures on Fashion-MNIST: the images have the same shape)."""
     prose, number = PAPER_DATASETS[dataset]
     table = f"Table {number}"
-    trained_on = "" if dataset == "mnist" else f", trained on {prose}"
+    on = "" if dataset == "mnist" else f" on {prose}"
+    trained_on = f", trained{on}" if on else ""
 
     def adversarial(arch: str) -> tuple[str, str]:
         return ("classifier", f"Classifier {arch} of the PuVAE paper, adversarially trained on its own FGSM images (eps 0.3, "
@@ -56,8 +57,8 @@ def descriptions(dataset: str) -> dict[str, tuple[str, str]]:
         f"magnet-{dataset}": ("magnet", f"MagNet's MNIST reformer (Meng and Chen, 2017){trained_on}: the auto-encoder "
                               "trained on clean images with Gaussian noise 0.1, used as a purifier, a baseline of the PuVAE "
                               f"paper's {table}. The detectors are not included."),
-        f"defense-gan-{dataset}": ("defense-gan", f"Defense-GAN's MNIST generator (Samangouei et al., 2018){trained_on}, "
-                                   "trained with WGAN-GP; purifies by L = 200 gradient steps from R = 20 random codes, a "
+        f"defense-gan-{dataset}": ("defense-gan", "Defense-GAN's MNIST generator (Samangouei et al., 2018), "
+                                   f"trained with WGAN-GP{on}; purifies by L = 200 gradient steps from R = 20 random codes, a "
                                    f"baseline of the PuVAE paper's {table}."),
         f"{dataset}-adv-classifier-a": adversarial("A"),
         f"{dataset}-adv-classifier-b": adversarial("B"),

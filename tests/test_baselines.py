@@ -382,14 +382,14 @@ def test_input_transform_runs_on_checked_inputs_before_the_purifier(tiny_vae, im
 
 
 def test_finish_baselines_names_each_datasets_models() -> None:
-    """Each data set gets its own baseline names; the MNIST cards keep the bundled descriptions."""
+    """Each data set gets its own baseline names; the bundled cards keep their descriptions."""
     script = load_script("finish_baselines")
     mnist, fashion = script.descriptions("mnist"), script.descriptions("fashion-mnist")
     assert set(fashion) == {"magnet-fashion-mnist", "defense-gan-fashion-mnist", "fashion-mnist-adv-classifier-a",
                             "fashion-mnist-adv-classifier-b"}
     assert [kind for kind, _ in mnist.values()] == [kind for kind, _ in fashion.values()]
     assert all("Fashion-MNIST" in text and "Table 3" in text for _, text in fashion.values())
-    for name, (_, text) in mnist.items():
+    for name, (_, text) in {**mnist, **fashion}.items():
         config = Path(__file__).parent.parent / "hub" / name / "config.json"
         if config.is_file():
             assert json.loads(config.read_text())["metadata"]["description"] == text
