@@ -79,7 +79,7 @@ case ${1:-} in
         if [ -f hub/defense-gan-fashion-mnist/model.safetensors ]; then  # the full set is a GPU job (device_session.sh)
             for arch in A B; do
                 report "table3_defense_gan_fashion-mnist_$arch" --defenses defense-gan \
-                    --classifiers "${arch}=fashion-mnist-classifier-${arch,,}" --limit 500 --adaptive-limit 0 \
+                    --classifiers "${arch}=fashion-mnist-classifier-${arch,,}" --limit 500 --adaptive-limit 0 --batch-size 100 \
                     --gan-precision bf16 --progress "$WORK/table3_defense_gan_$arch.progress.json"
             done
         fi
