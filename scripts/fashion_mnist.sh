@@ -11,7 +11,7 @@
 #   scripts/fashion_mnist.sh bundle       # register the hub/ models, measure the baselines behind A and B
 #   scripts/fashion_mnist.sh table3       # Table 3 on the full test set and adaptive attacks (BPDA, ...) on
 #                                         # 1,000 images, bundled models; Defense-GAN's cells (L = 200,
-#                                         # R = 20, bf16) on the first 500 test images, about 1 h per classifier
+#                                         # R = 20, bf16) on the first 500 test images, over 70 min per classifier here
 #
 # WORK (default runs/fashion-mnist) holds the training runs and checkpoints. The finished
 # folders go straight into hub/, so a stage's output can be committed when it is final and a

@@ -66,12 +66,17 @@ def _matches(report: dict, weights: dict[tuple[str, str], str | None]) -> dict[s
 ADAPTIVE_IMAGES = 1000
 
 
+def percent_interval(percent: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of an accuracy given in percent of ``n`` images."""
+    return wilson_interval(round(percent * n / 100), n)
+
+
 def adaptive_cell(value: float, n: int, usual: int) -> str:
     """One adaptive cell: the accuracy, its n when not the row's, its interval when n is small."""
     text = f"{value:.2f}"
     notes = [] if n == usual else [f"n = {n:,}"]
     if n < ADAPTIVE_IMAGES:
-        low, high = wilson_interval(round(value * n / 100), n)
+        low, high = percent_interval(value, n)
         notes.append(f"95% {low:.1f}-{high:.1f}")
     return text + (f" ({'; '.join(notes)})" if notes else "")
 
@@ -159,7 +164,7 @@ def subset_intervals(merged: dict) -> str:
             cells = [("no attack", result["clean_through"][label])]
             cells += [(attack, row[label]) for attack, row in result["gray_box"].items() if label in row]
             spans = ", ".join(f"{attack} {low:.1f}-{high:.1f}"
-                              for attack, value in cells for low, high in [wilson_interval(round(value * n / 100), n)])
+                              for attack, value in cells for low, high in [percent_interval(value, n)])
             parts.append(f"{name} / {DEFENSE_NAMES.get(label, label)} (first {n:,} test images): {spans}")
     if not parts:
         return ""
