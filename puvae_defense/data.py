@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -126,10 +127,19 @@ def _raw_dir(name: str, root: Path) -> Path:
     return root / _SOURCES[name].folder / "raw"
 
 
-def _verify(name: str, root: Path) -> None:
+def _split_files(split: Split) -> tuple[str, str]:
+    """The images and labels files a split is read from (the test split needs no training files)."""
+    prefix = "t10k" if split == "test" else "train"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _verify(name: str, root: Path, filenames: Iterable[str] | None = None) -> None:
+    """Check that ``filenames`` (default: all of the data set's) are present with their md5."""
     raw = _raw_dir(name, root)
     fix = f"run `puvae-defense data fetch {name} --root {root}`"
-    for filename, expected in _SOURCES[name].files.items():
+    files = _SOURCES[name].files
+    for filename in files if filenames is None else filenames:
+        expected = files[filename]
         path = raw / filename
         if not path.is_file():
             raise DatasetNotFoundError(f"{name} is missing {path}; {fix}")
@@ -211,6 +221,8 @@ def load_dataset(
         name: ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
         split: ``"train"`` (first 50,000 training images), ``"val"`` (last 10,000),
             ``"test"`` (official test set) or ``"train-full"`` (all 60,000 / 50,000).
+            Only the split's own files are read and checked, so a folder holding just the
+            two ``t10k-*`` files serves the test split (what the device script carries).
         root: data root (default :func:`default_data_root`).
 
     Raises:
@@ -223,13 +235,15 @@ def load_dataset(
         return _load_cifar10(root, split)
     if name not in _SOURCES:
         raise ValueError(f"unknown data set {name!r}; known: {sorted([*_SOURCES, 'cifar10'])}")
-    _verify(name, root)
+    image_file, label_file = _split_files(split)
+    _verify(name, root, (image_file, label_file))
     from torchvision import datasets
+    from torchvision.datasets.mnist import read_image_file, read_label_file
 
+    raw = _raw_dir(name, root)
+    images = read_image_file(str(raw / image_file)).unsqueeze(1).float().div_(255)
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    official = cls(str(root), train=split != "test", download=False)
-    images = official.data.unsqueeze(1).float().div_(255)
-    full = ImageDataset(images, official.targets, tuple(official.classes))
+    full = ImageDataset(images, read_label_file(str(raw / label_file)), tuple(cls.classes))
     return _split(full, split)
 
 

@@ -8,12 +8,15 @@
 #   gan-eval the bundled defense-gan-mnist (the generator of the CPU columns) at the paper's
 #            L = 200, R = 20 in float32: Table 2's column on the full test set behind A and B,
 #            then BPDA on the first 1,000 test images behind each (issue 9's GPU items);
+#   gan-eval-fashion  the same for defense-gan-fashion-mnist behind the Fashion-MNIST A and B
+#            (Table 3's column on the full test set, BPDA on 1,000; issue 10's GPU items), from
+#            the carried .gpu/fashion-mnist-test.tar.gz (the test split only);
 #   gan      Defense-GAN's WGAN-GP training (20,000 generator steps), the baseline that a CPU
 #            cannot afford, then its Table 2 column on the full test set with MagNet and
 #            PuVAE beside it, and Tables 5-6 / Figure 5 on the GPU;
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
-# STAGES="tests bench gan-eval gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
+# STAGES="tests bench gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
 # results/NAME.progress.json in the bundle; carry those files back as .gpu/progress/ and the
 # next session's same evaluation resumes where the time limit stopped this one. The bundled weights the stages do not read can stay behind when
@@ -23,7 +26,7 @@ OUT=${OUT:?set OUT}
 WORK=${WORK:-/tmp/puvae-work}
 BUDGET=${BUDGET:-560}                  # seconds for the whole command
 DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-tests bench gan-eval gan}
+STAGES=${STAGES:-tests bench gan-eval gan-eval-fashion gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
 if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
     GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2)
@@ -33,6 +36,9 @@ mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw" "$WORK/hub"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export PUVAE_DEFENSE_DATA=$WORK/data CUBLAS_WORKSPACE_CONFIG=:4096:8
 tar xzf .gpu/mnist-raw.tar.gz -C "$WORK/data/MNIST/raw"
+if [ -f .gpu/fashion-mnist-test.tar.gz ]; then
+    mkdir -p "$WORK/data/FashionMNIST/raw" && tar xzf .gpu/fashion-mnist-test.tar.gz -C "$WORK/data/FashionMNIST/raw"
+fi
 if [ -d .gpu/progress ]; then cp .gpu/progress/*.progress.json "$WORK/results/" 2>/dev/null; fi
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$WORK/logs/session.log"; }
@@ -82,6 +88,17 @@ if wants gan-eval && [ -f hub/defense-gan-mnist/model.safetensors ]; then
     for clf in A B; do  # batches of 100: the progress file keeps what a timeout cuts
         evaluate adaptive_defense_gan_mnist_$clf --defenses defense-gan --classifiers $clf=hub/mnist-classifier-${clf,,} \
             --attacks --adaptive bpda --batch-size 100 "${GAN_SEARCH[@]}"
+    done
+fi
+if wants gan-eval-fashion && [ -f hub/defense-gan-fashion-mnist/model.safetensors ] &&
+    [ -f "$WORK/data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then
+    for clf in A B; do
+        evaluate table3_defense_gan_fashion-mnist_$clf --dataset fashion-mnist --defenses defense-gan \
+            --classifiers $clf=hub/fashion-mnist-classifier-${clf,,} --adaptive-limit 0 "${GAN_SEARCH[@]}"
+    done
+    for clf in A B; do
+        evaluate adaptive_defense_gan_fashion-mnist_$clf --dataset fashion-mnist --defenses defense-gan \
+            --classifiers $clf=hub/fashion-mnist-classifier-${clf,,} --attacks --adaptive bpda --batch-size 100 "${GAN_SEARCH[@]}"
     done
 fi
 if wants gan && [ "$(left)" -gt 120 ]; then

