@@ -64,6 +64,17 @@ evaluate() {  # name, then options
     stamp "evaluate $name exit $?"
     bundle
 }
+gan_eval() {  # dataset, table: the bundled defense-gan-DATASET's full column, then BPDA on 1,000, behind A and B
+    local data=$1 table=$2 clf
+    for clf in A B; do
+        evaluate "${table}_defense_gan_${data}_$clf" --dataset "$data" --defenses defense-gan \
+            --classifiers "$clf=hub/$data-classifier-${clf,,}" --adaptive-limit 0 "${GAN_SEARCH[@]}"
+    done
+    for clf in A B; do  # batches of 100: the progress file keeps what a timeout cuts
+        evaluate "adaptive_defense_gan_${data}_$clf" --dataset "$data" --defenses defense-gan \
+            --classifiers "$clf=hub/$data-classifier-${clf,,}" --attacks --adaptive bpda --batch-size 100 "${GAN_SEARCH[@]}"
+    done
+}
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, triton; print(torch.__version__, triton.__version__)"; } > "$WORK/logs/environment.txt" 2>&1
 if wants tests; then
@@ -80,27 +91,9 @@ if wants bench; then
     stamp "benchmark exit $?"
     bundle
 fi
-if wants gan-eval && [ -f hub/defense-gan-mnist/model.safetensors ]; then
-    for clf in A B; do
-        evaluate table2_defense_gan_mnist_$clf --defenses defense-gan --classifiers $clf=hub/mnist-classifier-${clf,,} \
-            --adaptive-limit 0 "${GAN_SEARCH[@]}"
-    done
-    for clf in A B; do  # batches of 100: the progress file keeps what a timeout cuts
-        evaluate adaptive_defense_gan_mnist_$clf --defenses defense-gan --classifiers $clf=hub/mnist-classifier-${clf,,} \
-            --attacks --adaptive bpda --batch-size 100 "${GAN_SEARCH[@]}"
-    done
-fi
+if wants gan-eval && [ -f hub/defense-gan-mnist/model.safetensors ]; then gan_eval mnist table2; fi
 if wants gan-eval-fashion && [ -f hub/defense-gan-fashion-mnist/model.safetensors ] &&
-    [ -f "$WORK/data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then
-    for clf in A B; do
-        evaluate table3_defense_gan_fashion-mnist_$clf --dataset fashion-mnist --defenses defense-gan \
-            --classifiers $clf=hub/fashion-mnist-classifier-${clf,,} --adaptive-limit 0 "${GAN_SEARCH[@]}"
-    done
-    for clf in A B; do
-        evaluate adaptive_defense_gan_fashion-mnist_$clf --dataset fashion-mnist --defenses defense-gan \
-            --classifiers $clf=hub/fashion-mnist-classifier-${clf,,} --attacks --adaptive bpda --batch-size 100 "${GAN_SEARCH[@]}"
-    done
-fi
+    [ -f "$WORK/data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then gan_eval fashion-mnist table3; fi
 if wants gan && [ "$(left)" -gt 120 ]; then
     stamp "Defense-GAN training, $(left) s left"
     timeout $(( $(left) - 90 )) python3 -m puvae_defense.cli train-baseline defense-gan --device "$DEVICE" \
