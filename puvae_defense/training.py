@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ._checks import check_images
+from ._checks import check_images, warn_if_emulated_bf16
 from .checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from .config import PuVAEConfig
 from .data import ImageDataset
@@ -72,7 +72,8 @@ class TrainConfig:
         noise_steps: PGD steps for ``noise_kind="pgd"``.
         noise_amplitude: ``"uniform"`` (amplitude ``U(0, input_noise)`` per image) or ``"fixed"``.
         val_size: validation images evaluated after each epoch.
-        amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units) or ``"fp16"`` (CUDA) autocast.
+        amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units; on other CPUs it is emulated,
+            many times slower, and warns) or ``"fp16"`` (CUDA) autocast.
         freeze_trunk: keep the encoder's convolutional trunk (label-independent) fixed; meant
             for fine-tuning a pretrained PuVAE (``fit(..., init=...)``).
         seed: seeds initialisation, data order and sampling.
@@ -455,6 +456,8 @@ def fit(
     rank, world, device, initialised_here = _distributed_setup(device)
     if recipe.amp == "fp16" and device.type != "cuda":
         raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use amp='bf16' on a CPU")
+    if recipe.amp == "bf16":
+        warn_if_emulated_bf16(device, "fit(amp='bf16')")
     initial, origin = _initial_model(init) if init is not None else (None, None)
     if initial is not None:
         if config is not None and config != initial.config:

@@ -52,6 +52,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
+def bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run bf16 code as on a CPU with bf16 units, so it does not warn on CPUs that emulate it."""
+    monkeypatch.setattr("puvae_defense._checks.cpu_has_bf16", lambda: True)
+
+
+@pytest.fixture
 def tiny_vae() -> PuVAE:
     torch.manual_seed(0)
     return PuVAE(TINY_MNIST).eval()

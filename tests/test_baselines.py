@@ -164,7 +164,7 @@ def test_defense_gan_search_descends_and_keeps_the_best_restart() -> None:
     assert all(p.grad is None for p in gan.parameters())
 
 
-def test_defense_gan_with_another_search_shares_the_weights_and_bf16_follows_fp32() -> None:
+def test_defense_gan_with_another_search_shares_the_weights_and_bf16_follows_fp32(bf16_units) -> None:
     gan = _tiny_gan(steps=30, restarts=3)
     other = gan.with_search(steps=5, precision="bf16")
     assert (other.config.steps, other.config.restarts, other.config.precision) == (5, 3, "bf16")
@@ -179,6 +179,13 @@ def test_defense_gan_with_another_search_shares_the_weights_and_bf16_follows_fp3
     torch.testing.assert_close(err16, err32, rtol=0.05, atol=1e-4)
     with pytest.raises(ValueError, match="precision must be one of"):
         gan.with_search(precision="fp16")
+
+
+def test_defense_gan_bf16_on_a_cpu_without_bf16_units_warns(monkeypatch) -> None:
+    monkeypatch.setattr("puvae_defense._checks.cpu_has_bf16", lambda: False)
+    gan = _tiny_gan(steps=2, restarts=2).with_search(precision="bf16")
+    with pytest.warns(RuntimeWarning, match="Defense-GAN precision='bf16': bf16 autocast on this CPU is emulated"):
+        gan.project(torch.rand(2, 1, 28, 28))
 
 
 def test_defense_gan_as_a_purifier(images: torch.Tensor, tmp_path) -> None:
@@ -288,7 +295,7 @@ def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) 
         main(["evaluate", "--defenses", "adv-training", "--adv-classifiers", f"B={tmp_path / 'adv'}", "--name", "x", *common])
 
 
-def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_path, mnist_root) -> None:
+def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_path, mnist_root, bf16_units) -> None:
     import json
 
     from puvae_defense.classifiers import ClassifierConfig, PaperClassifier

@@ -109,9 +109,16 @@ def test_bad_options() -> None:
         _fit(synthetic_dataset(32), tiny_source(), amp="fp16")
 
 
-def test_bf16_autocast_on_cpu() -> None:
+def test_bf16_autocast_on_cpu(bf16_units) -> None:
     model = _fit(synthetic_dataset(32), tiny_source(), epochs=1, amp="bf16", lambda_proj=1.0)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.isfinite(torch.tensor(model.training_history[0].train["total"]))
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_and_still_trains(monkeypatch) -> None:
+    monkeypatch.setattr("puvae_defense._checks.cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match=r"fit\(amp='bf16'\): bf16 autocast on this CPU is emulated"):
+        model = _fit(synthetic_dataset(32), tiny_source(), epochs=1, amp="bf16")
     assert torch.isfinite(torch.tensor(model.training_history[0].train["total"]))
 
 

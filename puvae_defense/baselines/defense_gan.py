@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._checks import warn_if_emulated_bf16
 from ..checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
@@ -140,6 +141,8 @@ class DefenseGAN(PretrainedMixin, ImagePurifier):
                         device=generator.device if generator is not None else images.device)
         z = z.to(images.device, dtype).requires_grad_(True)
         velocity = torch.zeros_like(z)
+        if cfg.precision == "bf16":
+            warn_if_emulated_bf16(images.device, "Defense-GAN precision='bf16'")
         bf16 = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         with torch.enable_grad():
             for step in range(steps):
