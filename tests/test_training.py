@@ -308,7 +308,8 @@ def test_named_recipes() -> None:
     assert kl03.lambda_kl == 0.3 and kl03.replace(lambda_kl=robust.lambda_kl) == robust  # one change only
     pgd, finetune = get_recipe("finetune-pgd"), get_recipe("finetune")
     assert (pgd.noise_kind, pgd.noise_steps) == ("pgd", 3) and pgd.replace(noise_kind="fgsm", noise_steps=1) == finetune
-    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'finetune-pgd', 'paper', 'robust', 'robust-kl03'\\]"):
+    assert get_recipe("finetune-pgd-kl03") == pgd.replace(lambda_kl=kl03.lambda_kl)
+    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'finetune-pgd', 'finetune-pgd-kl03', 'paper', 'robust', 'robust-kl03'\\]"):
         get_recipe("best")
     with pytest.raises(TypeError):
         RECIPES["mine"] = TrainConfig()  # type: ignore[index]
