@@ -66,7 +66,7 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py fp-lat64 --config '{"latent_dim": 64}'
     # Fashion-MNIST fine-tuning probes from the shipped model (each also with --dataset fashion-mnist --epochs 1 --amp off
     # --val-images 2000 --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl; the first scores it):
-    python scripts/recipe_probe.py fashion-shipped-kl03 --model hub/puvae-fashion-mnist
+    python scripts/recipe_probe.py fashion-shipped-kl03 --model hub/puvae-fashion-mnist   # (before the fine-tuning below)
     python scripts/recipe_probe.py ftp-control '{"lambda_kl": 0.3}' --recipe finetune --init hub/puvae-fashion-mnist
     python scripts/recipe_probe.py ftp-proj1000 '{"lambda_kl": 0.3, "lambda_proj": 1000.0}' --recipe finetune \
         --init hub/puvae-fashion-mnist
@@ -75,7 +75,9 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py ftp-pgd3 '{"lambda_kl": 0.3, "noise_kind": "pgd", "noise_steps": 3}' \
         --recipe finetune --init hub/puvae-fashion-mnist
     python scripts/recipe_probe.py ftp-wrong30 '{"lambda_kl": 0.3, "lambda_wrong_ce": 30.0}' --recipe finetune \
-        --init hub/puvae-fashion-mnist
+        --init hub/puvae-fashion-mnist   # (stopped unfinished)
+    # then the shipped model after scripts/fashion_mnist.sh finetune:
+    python scripts/recipe_probe.py fashion-shipped-ft-pgd3 --model hub/puvae-fashion-mnist
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """

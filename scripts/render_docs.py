@@ -13,9 +13,10 @@ import json
 import re
 from pathlib import Path
 
-from puvae_defense import hub
+from puvae_defense import PuVAE, hub
 from puvae_defense.evaluation import (ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_DATASETS, PAPER_TABLE6, defense_columns,
                                       results_markdown, wilson_interval)
+from puvae_defense.serialization import WEIGHTS_NAME, weights_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -172,6 +173,14 @@ def subset_intervals(merged: dict) -> str:
             + "; ".join(parts) + ".")
 
 
+def bundled_fingerprint(name: str) -> str | None:
+    """Fingerprint of the PuVAE weights bundled in ``hub/NAME`` (None when the checkout has none)."""
+    folder = ROOT / "hub" / name
+    if not (folder / WEIGHTS_NAME).is_file():
+        return None
+    return weights_fingerprint(PuVAE.from_pretrained(folder))
+
+
 def headline(dataset: str) -> str:
     """The paper's table for ``dataset`` (Table 2 or 3) with the adaptive attacks and AutoAttack on its weights.
 
@@ -202,6 +211,11 @@ def headline(dataset: str) -> str:
         lines += ["", intervals]
     # Only defenses measured on the same weights as in the table belong in its tables.
     weights = _weights(merged)
+    measured, bundled = weights.get(("puvae", "purifier")), bundled_fingerprint(f"puvae-{dataset}")
+    if measured is not None and bundled is not None and measured != bundled:
+        lines[1:1] = ["", f"**Measured on earlier `puvae-{dataset}` weights** (fingerprint `{measured[:12]}`) than the "
+                      f"bundled ones (`{bundled[:12]}`): the PuVAE cells here and the attacks below describe the "
+                      "previous model until these reports are run again (docs/evaluation.md has the commands)."]
     adaptive = [r for r in _results("adaptive*.json")
                 if r["meta"]["settings"]["dataset"] == dataset and any(_matches(r, weights).values())]
     if not adaptive:

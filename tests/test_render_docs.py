@@ -86,3 +86,14 @@ def test_adaptive_cells_on_few_images_carry_their_interval(render) -> None:
     assert render.adaptive_cell(23.0, 100, 100) == "23.00 (95% 15.8-32.2)"
     assert render.adaptive_cell(23.0, 100, 1000) == "23.00 (n = 100; 95% 15.8-32.2)"
     assert render.adaptive_cell(50.0, 2000, 1000) == "50.00 (n = 2,000)"
+
+
+def test_tables_say_when_the_bundled_puvae_is_newer_than_their_reports(render, tmp_path, monkeypatch) -> None:
+    report = _copy(tmp_path, "table3_fashion-mnist_A.json", "table3_fashion-mnist_A.json")
+    measured = report["meta"]["defense_sources"]["puvae"]["fingerprint"]
+    monkeypatch.setattr(render, "bundled_fingerprint", lambda name: measured if name == "puvae-fashion-mnist" else None)
+    assert "earlier" not in render.headline("fashion-mnist")
+    monkeypatch.setattr(render, "bundled_fingerprint", lambda name: "f" * 64)
+    text = render.headline("fashion-mnist")
+    assert f"**Measured on earlier `puvae-fashion-mnist` weights** (fingerprint `{measured[:12]}`)" in text
+    assert text.index("earlier") < text.index("| Classifier |")  # said before the table, not after it
