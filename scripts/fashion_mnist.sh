@@ -39,6 +39,10 @@ EOF
 
 report() {  # report NAME ARGS...: one evaluate run, skipped when its results file exists and is current
     local name=$1; shift
+    # A report run ahead of the others it is merged with waits in docs/results/pending/ (not rendered).
+    if [ -f "docs/results/pending/$name.json" ] && current "docs/results/pending/$name.json"; then
+        mv "docs/results/pending/$name".* docs/results/
+    fi
     if [ -f "docs/results/$name.json" ]; then
         current "docs/results/$name.json" && { echo "$name: done"; return; }
         echo "$name: measured on earlier puvae-fashion-mnist weights, running it again"
