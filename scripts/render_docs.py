@@ -465,15 +465,16 @@ def defenses_speed() -> str:
 
 
 def main() -> None:
+    tables = {"results": headline("mnist"), "results-fashion-mnist": headline("fashion-mnist")}  # README and evaluation.md
     _replace(ROOT / "README.md", "models", models_table())
-    _replace(ROOT / "README.md", "results", headline("mnist"))
-    _replace(ROOT / "README.md", "results-fashion-mnist", headline("fashion-mnist"))
+    for section, body in tables.items():
+        _replace(ROOT / "README.md", section, body)
     _replace(ROOT / "README.md", "speed", speed())
     _replace(ROOT / "README.md", "deploy", deployment())
     _replace(ROOT / "README.md", "torchvision", torchvision_example())
     _replace(ROOT / "docs" / "training.md", "finetune", finetune())
-    _replace(ROOT / "docs" / "evaluation.md", "results", headline("mnist"))
-    _replace(ROOT / "docs" / "evaluation.md", "results-fashion-mnist", headline("fashion-mnist"))
+    for section, body in tables.items():
+        _replace(ROOT / "docs" / "evaluation.md", section, body)
     _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
     _replace(ROOT / "docs" / "baselines.md", "defenses", defenses_speed())
     print("rendered README.md, docs/evaluation.md, docs/training.md and docs/baselines.md")
