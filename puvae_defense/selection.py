@@ -83,8 +83,13 @@ def load_selector(path: str | os.PathLike[str], train: ImageDataset, *, epochs: 
     return PaperClassifier.from_pretrained(path, device=device)
 
 
-def selection_metrics(vae: PuVAE, selector: nn.Module, data: ImageDataset, *, eps: float = 0.3, seed: int = 1) -> dict[str, float]:
+def selection_metrics(
+    vae: PuVAE, selector: nn.Module, data: ImageDataset, *, eps: float = 0.3, seed: int = 1, sigma_eps: float = 0.1
+) -> dict[str, float]:
     """How a trained PuVAE serves the selector on validation images.
+
+    ``sigma_eps`` is the projection's sampling noise at inference (paper: 0.1), so the same
+    metrics also choose it for a trained model.
 
     Returns:
         ``clean`` and ``fgsm``: the selector's accuracy (%) through the purifier on clean
@@ -93,11 +98,11 @@ def selection_metrics(vae: PuVAE, selector: nn.Module, data: ImageDataset, *, ep
         ``eps``, the same targets); ``projection``: the purifier's own choice is right (%); ``kl``: nats per
         image; ``spread``: within-class spread of the mu-decodings over that of the inputs.
     """
-    defended = PurifiedClassifier(selector, vae)
+    defended = PurifiedClassifier(selector, vae, sigma_eps=sigma_eps)
     classes = vae.num_classes
     attack = lambda x, y, g: fgsm(selector, x, random_targets(y, classes, g), eps=eps, targeted=True)  # noqa: E731
     iterative = lambda x, y, g: ifgsm(selector, x, random_targets(y, classes, g), eps=eps, targeted=True)  # noqa: E731
-    purifier = evaluate_purifier(vae, selector, data, seed=seed)
+    purifier = evaluate_purifier(vae, selector, data, seed=seed, sigma_eps=sigma_eps)
     spread = latent_spread(vae, data)
     return {"clean": defended_accuracy(defended, data, seed=seed),
             "fgsm": defended_accuracy(defended, data, attack=attack, seed=seed),

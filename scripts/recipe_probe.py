@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/probes.jsonl"))
     parser.add_argument("--model", type=Path, default=None, help="score this trained PuVAE folder instead of training")
     parser.add_argument("--val-images", type=int, default=1000)
+    parser.add_argument("--sigma-eps", type=float, default=0.1,
+                        help="the projection's sampling noise when scoring (paper: 0.1)")
     parser.add_argument("--amp", default="off", choices=["off", "bf16"],
                         help="bf16 autocast pays only on CPUs with bf16 units (8x slower than fp32 on an AVX2-only CPU)")
     args = parser.parse_args()
@@ -143,8 +145,8 @@ def main() -> None:
         "recipe": args.recipe, "options": options, "config": layers, "n": args.n, "epochs": args.epochs, "init": args.init,
         "source": source_name, "attack_models": args.attack_models}
     record = {"name": args.name, "dataset": args.dataset, **trained,
-              "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp,
-              **selection_metrics(vae, selector, val.subset(0, args.val_images))}
+              "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp, "sigma_eps": args.sigma_eps,
+              **selection_metrics(vae, selector, val.subset(0, args.val_images), sigma_eps=args.sigma_eps)}
     with open(args.out, "a") as handle:
         handle.write(json.dumps(record) + "\n")
     print(json.dumps(record))

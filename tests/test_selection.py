@@ -34,6 +34,17 @@ def test_selection_metrics_are_percentages_and_ratios(tiny_vae: PuVAE) -> None:
     assert scores["kl"] >= 0 and scores["spread"] >= 0
 
 
+def test_selection_metrics_score_the_given_inference_noise(tiny_vae: PuVAE, monkeypatch) -> None:
+    seen: list[float] = []
+    real = PuVAE.project
+    monkeypatch.setattr(PuVAE, "project", lambda self, images, sigma_eps=0.1, *a, **k: seen.append(sigma_eps) or real(
+        self, images, sigma_eps, *a, **k))
+    selection_metrics(tiny_vae, tiny_source().eval(), synthetic_dataset(20), sigma_eps=0.3)
+    assert seen and set(seen) == {0.3}  # every projection it scores, clean, attacked and the purifier's own
+    with pytest.raises(ValueError, match="sigma_eps"):
+        selection_metrics(tiny_vae, tiny_source().eval(), synthetic_dataset(20), sigma_eps=-0.1)
+
+
 def test_load_selector_trains_once_then_loads(tmp_path, monkeypatch) -> None:
     from puvae_defense import selection
 
