@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 from puvae_defense import PuVAE, hub
-from puvae_defense.evaluation import (ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_DATASETS, PAPER_TABLE6, defense_columns,
-                                      results_markdown, wilson_interval)
+from puvae_defense.evaluation import (ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_ATTACKS, PAPER_DATASETS, PAPER_TABLE6,
+                                      PAPER_TABLES, defense_columns, results_markdown, wilson_interval)
 from puvae_defense.serialization import WEIGHTS_NAME, weights_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,8 @@ def merge_reports(reports: list[dict], table: str) -> dict:
     for report in reports:
         for name, result in report["classifiers"].items():
             largest[name] = max(largest.get(name, 0), result["n"])
+    if len({report["meta"]["settings"]["sigma_eps"] for report in reports}) > 1:
+        raise SystemExit(f"{table} reports at different sigma_eps in {RESULTS}: one table has one purifier setting")
     for report in sorted(reports, key=lambda r: -max(result["n"] for result in r["classifiers"].values())):
         for key, fp in _weights(report).items():
             if weights.setdefault(key, fp) != fp:
@@ -254,6 +256,43 @@ def headline(dataset: str) -> str:
                   f"Square alone (gradient-free), first {aa['square_alone_images']} images: "
                   f"{aa['square_alone_percent']:.1f}% ({s_low:.1f}-{s_high:.1f}). `{aa['command']}` "
                   f"({aa['wall_seconds'] / 60:.0f} min)."]
+    return "\n".join(lines)
+
+
+def inference_noise(dataset: str) -> str:
+    """PuVAE's Table 2/3 cells at the paper's sampling noise beside those at another ``sigma_eps``.
+
+    Reads the ``sigma<value>_<dataset>_*.json`` reports (``evaluate --sigma-eps``, the same
+    cached attacks as the paper's table), each compared with the paper-table report on the same
+    classifier and purifier weights.
+    """
+    prose, number = PAPER_DATASETS[dataset]
+    reports = [r for r in _results(f"sigma*_{dataset}_*.json") if r["meta"]["settings"]["dataset"] == dataset]
+    if not reports:
+        return f"_No `sigma*_{dataset}_*.json` report in docs/results yet._"
+    paper_settings = merge_reports(_results(f"table{number}*.json"), f"Table {number}")
+    base_sigma = {r["meta"]["settings"]["sigma_eps"] for r in _results(f"table{number}*.json")}
+    lines = [f"PuVAE on the {prose} test set at the paper's sampling noise (sigma_eps {', '.join(map(str, sorted(base_sigma)))}, "
+             f"the Table {number} cells above) and at the one chosen on validation, the same adversarial examples "
+             "(cached), cells *ours (paper's PuVAE)*: "
+             + "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {r['meta']['wall_seconds'] / 60:.0f} min)"
+                         for r in reports) + ".", "",
+             "| Classifier | sigma_eps | no attack | " + " | ".join(PAPER_ATTACKS) + " |",
+             "|---|---|---|" + "---|" * len(PAPER_ATTACKS)]
+    base_weights = _weights(paper_settings).get(("puvae", "purifier"))
+    for report in reports:
+        if _weights(report).get(("puvae", "purifier")) != base_weights:
+            raise SystemExit(f"{report['meta']['command']!r} is on other puvae-{dataset} weights than Table {number}: "
+                             "rerun one of them")
+        sigma = report["meta"]["settings"]["sigma_eps"]
+        for name, result in report["classifiers"].items():
+            base = paper_settings["classifiers"][name]
+            for label, source in (("paper's", base), ("chosen", result)):
+                cells = [f"{source['clean_through']['puvae']:.2f}"] + [
+                    f"{source['gray_box'][a]['puvae']:.2f} ({PAPER_TABLES[dataset][(name, a)]['puvae']:.2f})"
+                    for a in PAPER_ATTACKS]
+                value = ", ".join(map(str, sorted(base_sigma))) if label == "paper's" else str(sigma)
+                lines.append(f"| {name} | {value} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -476,6 +515,7 @@ def main() -> None:
     for section, body in tables.items():
         _replace(ROOT / "docs" / "evaluation.md", section, body)
     _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
+    _replace(ROOT / "docs" / "evaluation.md", "inference-noise-fashion-mnist", inference_noise("fashion-mnist"))
     _replace(ROOT / "docs" / "baselines.md", "defenses", defenses_speed())
     print("rendered README.md, docs/evaluation.md, docs/training.md and docs/baselines.md")
 

@@ -97,3 +97,26 @@ def test_tables_say_when_the_bundled_puvae_is_newer_than_their_reports(render, t
     text = render.headline("fashion-mnist")
     assert f"**Measured on earlier `puvae-fashion-mnist` weights** (fingerprint `{measured[:12]}`)" in text
     assert text.index("earlier") < text.index("| Classifier |")  # said before the table, not after it
+
+
+def test_inference_noise_table_sets_each_sigma_beside_the_paper_setting(render, tmp_path) -> None:
+    assert "No `sigma*_fashion-mnist_*.json` report" in render.inference_noise("fashion-mnist")
+    table3 = _copy(tmp_path, "table3_fashion-mnist_A.json", "table3_fashion-mnist_A.json")
+    other = json.loads(json.dumps(table3))
+    other["meta"]["settings"]["sigma_eps"] = 0.3
+    other["classifiers"]["A"]["clean_through"]["puvae"] = 12.34
+    (tmp_path / "sigma0.3_fashion-mnist_A.json").write_text(json.dumps(other))
+    text = render.inference_noise("fashion-mnist")
+    rows = [line for line in text.splitlines() if line.startswith("| A |")]
+    paper_fgsm = table3["classifiers"]["A"]["gray_box"]["FGSM"]["puvae"]
+    assert rows[0].startswith(f"| A | 0.1 | {table3['classifiers']['A']['clean_through']['puvae']:.2f} | {paper_fgsm:.2f} (59.18) |")
+    assert rows[1].startswith("| A | 0.3 | 12.34 |")
+    # a report at another sigma_eps never merges into the paper's table itself
+    (tmp_path / "table3_fashion-mnist_A_sigma.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different sigma_eps"):
+        render.headline("fashion-mnist")
+    (tmp_path / "table3_fashion-mnist_A_sigma.json").unlink()
+    other["meta"]["defense_sources"]["puvae"]["fingerprint"] = "f" * 64
+    (tmp_path / "sigma0.3_fashion-mnist_A.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="other puvae-fashion-mnist weights"):
+        render.inference_noise("fashion-mnist")
