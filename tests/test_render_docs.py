@@ -120,3 +120,12 @@ def test_inference_noise_table_sets_each_sigma_beside_the_paper_setting(render, 
     (tmp_path / "sigma0.3_fashion-mnist_A.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="other puvae-fashion-mnist weights"):
         render.inference_noise("fashion-mnist")
+
+
+def test_an_undefended_cell_one_image_off_is_merged_and_said(render, tmp_path) -> None:
+    shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_a.json")
+    report = _copy(tmp_path, "table2_magnet_mnist.json", "table2_b.json")
+    report["classifiers"]["A"]["gray_box"]["iFGSM"]["no_defense"] += 0.01  # one image of 10,000
+    (tmp_path / "table2_b.json").write_text(json.dumps(report))
+    text = render.headline("mnist")
+    assert "Undefended cells that differ by one image between reports: A/iFGSM without defense" in text
