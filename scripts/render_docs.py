@@ -281,29 +281,27 @@ def inference_noise(dataset: str) -> str:
     reports = [r for r in _results(f"sigma*_{dataset}_*.json") if r["meta"]["settings"]["dataset"] == dataset]
     if not reports:
         return f"_No `sigma*_{dataset}_*.json` report in docs/results yet._"
-    paper_settings = merge_reports(_results(f"table{number}*.json"), f"Table {number}")
-    base_sigma = {r["meta"]["settings"]["sigma_eps"] for r in _results(f"table{number}*.json")}
-    lines = [f"PuVAE on the {prose} test set at the paper's sampling noise (sigma_eps {', '.join(map(str, sorted(base_sigma)))}, "
+    paper_table = merge_reports(_results(f"table{number}*.json"), f"Table {number}")  # one sigma_eps, or it refuses
+    paper_sigma = paper_table["meta"]["settings"]["sigma_eps"]
+    lines = [f"PuVAE on the {prose} test set at the paper's sampling noise (sigma_eps {paper_sigma}, "
              f"the Table {number} cells above) and at the one chosen on validation, the same adversarial examples "
              "(cached), cells *ours (paper's PuVAE)*: "
              + "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {r['meta']['wall_seconds'] / 60:.0f} min)"
                          for r in reports) + ".", "",
              "| Classifier | sigma_eps | no attack | " + " | ".join(PAPER_ATTACKS) + " |",
              "|---|---|---|" + "---|" * len(PAPER_ATTACKS)]
-    base_weights = _weights(paper_settings).get(("puvae", "purifier"))
+    paper_weights = _weights(paper_table).get(("puvae", "purifier"))
     for report in reports:
-        if _weights(report).get(("puvae", "purifier")) != base_weights:
+        if _weights(report).get(("puvae", "purifier")) != paper_weights:
             raise SystemExit(f"{report['meta']['command']!r} is on other puvae-{dataset} weights than Table {number}: "
                              "rerun one of them")
-        sigma = report["meta"]["settings"]["sigma_eps"]
         for name, result in report["classifiers"].items():
-            base = paper_settings["classifiers"][name]
-            for label, source in (("paper's", base), ("chosen", result)):
+            for sigma, source in ((paper_sigma, paper_table["classifiers"][name]),
+                                  (report["meta"]["settings"]["sigma_eps"], result)):
                 cells = [f"{source['clean_through']['puvae']:.2f}"] + [
                     f"{source['gray_box'][a]['puvae']:.2f} ({PAPER_TABLES[dataset][(name, a)]['puvae']:.2f})"
                     for a in PAPER_ATTACKS]
-                value = ", ".join(map(str, sorted(base_sigma))) if label == "paper's" else str(sigma)
-                lines.append(f"| {name} | {value} | " + " | ".join(cells) + " |")
+                lines.append(f"| {name} | {sigma} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
