@@ -33,12 +33,34 @@ def _results(pattern: str) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(RESULTS.glob(pattern))]
 
 
+_TEST_METRIC = re.compile(r"test_(?P<what>accuracy|projection_accuracy)(?:_(?P<who>A|B|source))?"
+                          r"(?:_through(?:_(?P<through>first(?P<first>\d+)|purifier|[a-z_]+))?)?")
+
+
+def metric_phrase(key: str, value: float) -> str:
+    """A model card's test metric in words: `test_accuracy_A_through_first100` -> "A behind it 82.00%
+    (first 100 images)"; a key of another form is refused, so a new metric gets a phrase, not a mangled name."""
+    match = _TEST_METRIC.fullmatch(key)
+    if match is None:
+        raise ValueError(f"no phrase for the model-card metric {key!r}: add its form to render_docs._TEST_METRIC")
+    who, through = match["who"], match["through"]
+    if match["what"] == "projection_accuracy":
+        text = "projection right"
+    elif who is None and through is None:
+        text = "accuracy"
+    elif who is None:
+        text = f"through {through.replace('_', '-')}"
+    else:
+        text = f"{who} behind it"
+    text += f" {value:.2f}%"
+    return text + (f" (first {match['first']} images)" if match["first"] else "")
+
+
 def models_table() -> str:
     lines = ["| name | what | measured (test set) |", "|---|---|---|"]
     for name in hub.list_models():
         entry = hub.get_entry(name)
-        metrics = ", ".join(f"{k.removeprefix('test_').replace('_', ' ')} {v:.2f}%"
-                            for k, v in entry.metrics.items() if k.startswith("test_"))
+        metrics = ", ".join(metric_phrase(k, v) for k, v in entry.metrics.items() if k.startswith("test_"))
         first_sentence = re.split(r"\.\s+(?=[A-Z])", entry.description)[0].rstrip(".")
         lines.append(f"| `{name}` | {first_sentence} | {metrics} |")
     return "\n".join(lines)

@@ -129,3 +129,21 @@ def test_an_undefended_cell_one_image_off_is_merged_and_said(render, tmp_path) -
     (tmp_path / "table2_b.json").write_text(json.dumps(report))
     text = render.headline("mnist")
     assert "Undefended cells that differ by one image between reports: A/iFGSM without defense" in text
+
+
+@pytest.mark.parametrize(("key", "phrase"), [
+    ("test_accuracy", "accuracy 91.70%"),
+    ("test_accuracy_through_puvae_fashion_mnist", "through puvae-fashion-mnist 91.70%"),
+    ("test_accuracy_A_through", "A behind it 91.70%"),
+    ("test_accuracy_B_through_first100", "B behind it 91.70% (first 100 images)"),
+    ("test_accuracy_source_through_purifier", "source behind it 91.70%"),
+    ("test_projection_accuracy", "projection right 91.70%"),
+])
+def test_model_card_metrics_read_as_words(render, key, phrase) -> None:
+    assert render.metric_phrase(key, 91.7) == phrase
+
+
+def test_an_unknown_model_card_metric_is_refused(render) -> None:
+    with pytest.raises(ValueError, match="test_latency_ms"):
+        render.metric_phrase("test_latency_ms", 3.0)
+    assert "first 100 images" in render.models_table()  # the bundled Defense-GAN cards
