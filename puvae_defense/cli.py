@@ -321,10 +321,14 @@ def _cmd_push(args: argparse.Namespace) -> None:
 def _cmd_list(args: argparse.Namespace) -> None:
     from .hub import get_entry, list_models
 
+    rows = []
     for name in list_models():
         entry = get_entry(name)
         pin = entry.revision[:12] if entry.revision else "unpublished (sha256 pin)"
-        print(f"{name:24} {entry.model_type:10} {entry.repo_id:40} {pin}  {entry.description}")
+        rows.append((name, entry.model_type, entry.repo_id, pin, entry.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
 
 
 def build_parser() -> argparse.ArgumentParser:

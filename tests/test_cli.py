@@ -48,7 +48,13 @@ def test_data_fetch_verifies_existing_files(mnist_root, capsys) -> None:
 
 
 def test_list_models(capsys) -> None:
+    from puvae_defense import hub
+
     assert main(["list-models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == hub.list_models()
+    type_column = {line.index(f" {hub.get_entry(line.split()[0]).model_type} ") for line in lines}
+    assert len(type_column) == 1  # the columns line up, however long a name is
 
 
 def test_train_commands(tmp_path, monkeypatch, capsys) -> None:
