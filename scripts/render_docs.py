@@ -33,8 +33,8 @@ def _results(pattern: str) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(RESULTS.glob(pattern))]
 
 
-_TEST_METRIC = re.compile(r"test_(?P<what>accuracy|projection_accuracy)(?:_(?P<who>A|B|source))?"
-                          r"(?:_through(?:_(?P<through>first(?P<first>\d+)|purifier|[a-z_]+))?)?")
+_TEST_METRIC = re.compile(r"test_(?:(?P<projection>projection_accuracy)|accuracy(?:_through_(?P<model>[a-z_]+)"
+                          r"|_(?P<who>A|B|source)_through(?:_purifier|_first(?P<first>\d+))?)?)")
 
 
 def metric_phrase(key: str, value: float) -> str:
@@ -43,17 +43,15 @@ def metric_phrase(key: str, value: float) -> str:
     match = _TEST_METRIC.fullmatch(key)
     if match is None:
         raise ValueError(f"no phrase for the model-card metric {key!r}: add its form to render_docs._TEST_METRIC")
-    who, through = match["who"], match["through"]
-    if match["what"] == "projection_accuracy":
+    if match["projection"]:
         text = "projection right"
-    elif who is None and through is None:
-        text = "accuracy"
-    elif who is None:
-        text = f"through {through.replace('_', '-')}"
+    elif match["model"]:
+        text = f"through {match['model'].replace('_', '-')}"
+    elif match["who"]:
+        text = f"{match['who']} behind it"
     else:
-        text = f"{who} behind it"
-    text += f" {value:.2f}%"
-    return text + (f" (first {match['first']} images)" if match["first"] else "")
+        text = "accuracy"
+    return f"{text} {value:.2f}%" + (f" (first {match['first']} images)" if match["first"] else "")
 
 
 def models_table() -> str:
