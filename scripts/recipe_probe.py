@@ -78,6 +78,12 @@ Usage (the probe table of docs/training.md):
         --init hub/puvae-fashion-mnist   # (stopped unfinished)
     # then the shipped model after scripts/fashion_mnist.sh finetune:
     python scripts/recipe_probe.py fashion-shipped-ft-pgd3 --model hub/puvae-fashion-mnist
+    # Fashion-MNIST capacity and discrimination probes from scratch in fp32 (each also with --recipe robust-kl03
+    # --dataset fashion-mnist --val-images 2000 --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl):
+    python scripts/recipe_probe.py fp32-kl03
+    python scripts/recipe_probe.py fp32-kl03-dec64 --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
+    python scripts/recipe_probe.py fp32-kl03-wrong30 '{"lambda_wrong_ce": 30.0}'
+    python scripts/recipe_probe.py fp32-kl03-wrong100 '{"lambda_wrong_ce": 100.0}'   # (stopped unfinished)
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
