@@ -57,9 +57,10 @@ def refined_distances(vae: PuVAE, images: torch.Tensor, steps: int, prior: float
         x = images[start:start + CHUNK]
         b = x.shape[0]
         labels = torch.arange(num_classes).repeat(b)
+        repeated = x.repeat_interleave(num_classes, 0)
         with torch.no_grad():
-            mu, sigma = vae.encode(x.repeat_interleave(num_classes, 0), labels)
-        target = x.repeat_interleave(num_classes, 0).flatten(1)
+            mu, sigma = vae.encode(repeated, labels)
+        target = repeated.flatten(1)
         z = mu.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=lr)
         for _ in range(steps):
