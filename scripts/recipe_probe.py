@@ -84,6 +84,11 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py fp32-kl03-dec64 --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
     python scripts/recipe_probe.py fp32-kl03-wrong30 '{"lambda_wrong_ce": 30.0}'
     python scripts/recipe_probe.py fp32-kl03-wrong100 '{"lambda_wrong_ce": 100.0}'   # (stopped unfinished)
+    # guards against the larger decoder's collapse (same options):
+    python scripts/recipe_probe.py fp32-kl03-dec64-ce3 '{"lambda_ce": 3.0, "lambda_wrong_ce": 3.0}' \
+        --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
+    python scripts/recipe_probe.py fp32-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
+        --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
