@@ -87,6 +87,14 @@ def _matches(report: dict, weights: dict[tuple[str, str], str | None]) -> dict[s
 ADAPTIVE_IMAGES = 1000
 
 
+def run_time(meta: dict) -> str:
+    """A report's wall time; for a run resumed from a progress file, only its last piece is timed."""
+    minutes = f"{meta['wall_seconds'] / 60:.0f} min"
+    if done := sum(meta.get("resumed", {}).get("images_done_before", {}).values()):
+        return f"{minutes} for the last piece, resumed after {done:,} images"
+    return minutes
+
+
 def percent_interval(percent: float, n: int) -> tuple[float, float]:
     """The 95% Wilson interval of an accuracy given in percent of ``n`` images."""
     return wilson_interval(round(percent * n / 100), n)
@@ -227,7 +235,7 @@ def headline(dataset: str) -> str:
         return f"_Not evaluated yet: no `{pattern}` report in docs/results; docs/evaluation.md says how to make them._"
     merged = merge_reports(reports, table)
     sizes = {result["n"] for result in merged["classifiers"].values()}
-    runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {r['meta']['wall_seconds'] / 60:.0f} min)"
+    runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {run_time(r['meta'])})"
                      for r in reports)
     lines = [
         f"{table} of the paper on the {prose} test set (n = {', '.join(f'{n:,}' for n in sorted(sizes))}) with the "
@@ -257,7 +265,7 @@ def headline(dataset: str) -> str:
                   f"distances) have not been run on this purifier yet; the commands are in docs/evaluation.md{old}."]
     else:
         params = adaptive[0]["meta"]["attack_params"]
-        runs = "; ".join(f"`{r['meta']['command']}` ({r['meta']['wall_seconds'] / 60:.0f} min)" for r in adaptive)
+        runs = "; ".join(f"`{r['meta']['command']}` ({run_time(r['meta'])})" for r in adaptive)
         lines += [
             "",
             f"Adaptive white-box attacks on the whole `PurifiedClassifier` (untargeted PGD, eps {params['eps']}, "
@@ -306,7 +314,7 @@ def inference_noise(dataset: str) -> str:
     lines = [f"PuVAE on the {prose} test set at the paper's sampling noise (sigma_eps {paper_sigma}, "
              f"the Table {number} cells above) and at the one chosen on validation, the same adversarial examples "
              "(cached), cells *ours (paper's PuVAE)*: "
-             + "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {r['meta']['wall_seconds'] / 60:.0f} min)"
+             + "; ".join(f"`{r['meta']['command']}` ({r['meta']['device']}, {run_time(r['meta'])})"
                          for r in reports) + ".", "",
              "| Classifier | sigma_eps | no attack | " + " | ".join(PAPER_ATTACKS) + " |",
              "|---|---|---|" + "---|" * len(PAPER_ATTACKS)]
