@@ -228,8 +228,10 @@ class EvaluationProgress:
     """An evaluation's progress on disk after every batch, so that a stopped run resumes.
 
     The file (JSON, written atomically) holds per classifier the images done, the counts and
-    timings so far and the state of every defense's noise generator: the resumed run gives
-    the numbers of the run that was not stopped. It belongs to one run (settings but the
+    timings so far and the state of every defense's noise generator, and the wall-clock seconds
+    spent on what it records: the resumed run gives the numbers of the run that was not
+    stopped, and its time is the sum of its pieces (work lost after a piece's last batch is
+    not counted; it is done again). It belongs to one run (settings but the
     image count, attack parameters, every model's weights and configuration); another run's
     file is an error, not a silent mix. The image count may grow between runs when the run
     stopped on a whole batch.
@@ -242,6 +244,8 @@ class EvaluationProgress:
         self.path = Path(path)
         self._key: dict[str, Any] | None = None
         self._state: dict[str, Any] = {}
+        self.seconds_before: float | None = 0.0
+        """Wall-clock seconds of the earlier pieces; ``None`` for a file written before they were recorded."""
 
     def bind(self, key: dict[str, Any]) -> None:
         """Tie the file to one run; a file written by another run raises ``ValueError``."""
@@ -253,6 +257,7 @@ class EvaluationProgress:
                 raise ValueError(f"{self.path} holds the progress of another evaluation (different {', '.join(differ)}); "
                                  "use another file or delete it")
             self._state = saved["classifiers"]
+            self.seconds_before = saved.get("seconds")
 
     def resume(self, name: str, size: int, batch_size: int, gens: Mapping[str, torch.Generator]
                ) -> tuple[int, dict[str, int], dict[str, float]]:
@@ -271,14 +276,15 @@ class EvaluationProgress:
         return done, dict(state["counts"]), dict(state["timings"])
 
     def save(self, name: str, done: int, counts: Mapping[str, int], timings: Mapping[str, float],
-             gens: Mapping[str, torch.Generator]) -> None:
-        """Record classifier ``name`` after ``done`` images."""
+             gens: Mapping[str, torch.Generator], seconds: float | None) -> None:
+        """Record classifier ``name`` after ``done`` images, ``seconds`` into the whole run (``None``: unknown)."""
         self._state[name] = {"done": done, "counts": dict(counts), "timings": dict(timings),
                              "generators": {label: base64.b64encode(g.get_state().numpy().tobytes()).decode()
                                             for label, g in gens.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": self._key, "classifiers": self._state}, indent=1) + "\n")
+        record = {"key": self._key, "classifiers": self._state, **({} if seconds is None else {"seconds": seconds})}
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, self.path)
 
 
@@ -429,6 +435,12 @@ def evaluate(
     report: dict[str, Any] = {"classifiers": {}}
     if checkpoint is not None:
         checkpoint.bind(_run_key(classifiers, defenses, settings, transfer))
+    before = 0.0 if checkpoint is None else checkpoint.seconds_before
+
+    def elapsed() -> float | None:
+        """Seconds into the whole run, earlier pieces included (``None`` when they were not recorded)."""
+        return None if before is None else before + time.perf_counter() - started
+
     resumed: dict[str, int] = {}
     for name, classifier in classifiers.items():
         models = {label: models[name] for label, models in defenses.items()}
@@ -476,7 +488,7 @@ def evaluate(
                         _count(timings, f"{label}/{attack}", time.perf_counter() - tic)
                         _count(counts, f"{label}/{attack}", _correct(_defended_logits(model, x_adv, gens[label]), y_a))
             if checkpoint is not None:
-                checkpoint.save(name, start + x.shape[0], counts, timings, gens)
+                checkpoint.save(name, start + x.shape[0], counts, timings, gens, elapsed())
             bar.update(x.shape[0])
         bar.close()
         percent = partial(_percent, counts, n=size)
@@ -498,8 +510,9 @@ def evaluate(
                      "adaptive_limit": settings.adaptive_limit, "batch_size": settings.batch_size,
                      "sigma_eps": settings.sigma_eps, "seed": settings.seed, "dataset": settings.dataset},
         "attack_params": params,
-        "wall_seconds": time.perf_counter() - started,
-        **({"resumed": {"file": str(checkpoint.path), "images_done_before": resumed}} if resumed and checkpoint else {}),
+        "wall_seconds": time.perf_counter() - started if before is None else elapsed(),
+        **({"resumed": {"file": str(checkpoint.path), "images_done_before": resumed, "whole_run_timed": before is not None}}
+           if resumed and checkpoint else {}),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "python": platform.python_version(),

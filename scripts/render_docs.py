@@ -88,10 +88,13 @@ ADAPTIVE_IMAGES = 1000
 
 
 def run_time(meta: dict) -> str:
-    """A report's wall time; for a run resumed from a progress file, only its last piece is timed."""
+    """A report's wall time; a run resumed from a progress file that predates recording the
+    earlier pieces' time says it timed only its last piece."""
     minutes = f"{meta['wall_seconds'] / 60:.0f} min"
-    if done := sum(meta.get("resumed", {}).get("images_done_before", {}).values()):
-        return f"{minutes} for the last piece, resumed after {done:,} images"
+    resumed = meta.get("resumed", {})
+    if done := sum(resumed.get("images_done_before", {}).values()):
+        piece = "in all" if resumed.get("whole_run_timed") else "for the last piece"
+        return f"{minutes} {piece}, resumed after {done:,} images"
     return minutes
 
 

@@ -260,6 +260,32 @@ def test_a_stopped_evaluation_resumes_to_the_numbers_of_one_run(tiny_vae: PuVAE,
     assert again["classifiers"]["A"]["gray_box"] == straight["classifiers"]["A"]["gray_box"]
 
 
+def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> None:
+    from puvae_defense.evaluation import EvaluationProgress
+
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM",), adaptive=(), limit=16, batch_size=8, overrides=QUICK)
+    path = tmp_path / "progress.json"
+    first = evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
+                     checkpoint=EvaluationProgress(path))
+    record = json.loads(path.read_text())
+    assert 0 < record["seconds"] <= first["meta"]["wall_seconds"]
+    path.write_text(json.dumps({**record, "seconds": 1000.0}))  # as if the first piece had taken 1,000 s
+    resumed = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    assert resumed["meta"]["resumed"]["whole_run_timed"] is True
+    assert 1000.0 < resumed["meta"]["wall_seconds"] < 1000.0 + 600
+    assert json.loads(path.read_text())["seconds"] == pytest.approx(resumed["meta"]["wall_seconds"], abs=60)
+    # a file written before pieces were timed: the report says it timed only the last piece
+    del record["seconds"]
+    path.write_text(json.dumps(record))
+    old = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    assert old["meta"]["resumed"]["whole_run_timed"] is False
+    assert old["meta"]["wall_seconds"] < 600
+    assert "seconds" not in json.loads(path.read_text())
+    assert old["classifiers"]["A"]["gray_box"] == resumed["classifiers"]["A"]["gray_box"]
+
+
 def test_progress_file_restores_the_noise_and_refuses_other_runs(tiny_vae: PuVAE, tmp_path) -> None:
     from puvae_defense.evaluation import EvaluationProgress
 

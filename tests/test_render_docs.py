@@ -150,8 +150,10 @@ def test_an_unknown_model_card_metric_is_refused(render) -> None:
     assert "first 100 images" in render.models_table()  # the bundled Defense-GAN cards
 
 
-def test_a_resumed_run_says_its_time_is_the_last_piece(render) -> None:
+def test_a_resumed_runs_time_says_what_it_covers(render) -> None:
     meta = {"wall_seconds": 1860.0}
     assert render.run_time(meta) == "31 min"
     meta["resumed"] = {"file": "progress.json", "images_done_before": {"B": 20}}
     assert render.run_time(meta) == "31 min for the last piece, resumed after 20 images"
+    meta["resumed"]["whole_run_timed"] = True  # the progress file carried the earlier pieces' time
+    assert render.run_time(meta) == "31 min in all, resumed after 20 images"
