@@ -250,8 +250,8 @@ def _evaluation_inputs(args: argparse.Namespace):
 
 #: Command-line key -> name in ``evaluation.ADAPTIVE_ATTACKS`` (spelled out here so that building
 #: the parser does not import torch; ``EvalSettings`` rejects a name that drifts).
-ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "eot": "PGD + EOT",
-                 "distance": "PGD on the distances"}
+ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "bpda-tracked": "PGD + BPDA (tracked)",
+                 "eot": "PGD + EOT", "distance": "PGD on the distances"}
 
 
 def _evaluation_defaults(args: argparse.Namespace) -> None:
@@ -265,6 +265,20 @@ def _evaluation_defaults(args: argparse.Namespace) -> None:
         args.name = f"table{PAPER_DATASETS[args.dataset][1]}_{args.dataset}"
 
 
+def _attack_params(items: list[str]) -> dict[str, object]:
+    """``["pgd_steps=100", "bpda_track_every_restart=false"]`` -> their values (JSON numbers and booleans)."""
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        try:
+            params[key.strip()] = json.loads(text) if sep else None
+        except json.JSONDecodeError:
+            params[key.strip()] = None
+        if params[key.strip()] is None:
+            raise SystemExit(f"--attack-param takes KEY=VALUE with a number or true/false, got {item!r}")
+    return params
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
@@ -275,13 +289,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     torch.backends.cudnn.deterministic = True
 
     _evaluation_defaults(args)
+    try:  # before loading anything: a bad setting fails at once
+        settings = EvalSettings(
+            attacks=tuple(args.attacks),
+            adaptive=tuple(ADAPTIVE_KEYS[k] for k in args.adaptive) if args.adaptive_limit > 0 else (),
+            limit=args.limit, adaptive_limit=args.adaptive_limit, batch_size=args.batch_size,
+            sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset, overrides=_attack_params(args.attack_param),
+        )
+    except ValueError as error:
+        raise SystemExit(f"evaluate: {error}") from None
     purifiers, nets, defenses, sources, test = _evaluation_inputs(args)
-    settings = EvalSettings(
-        attacks=tuple(args.attacks),
-        adaptive=tuple(ADAPTIVE_KEYS[k] for k in args.adaptive) if args.adaptive_limit > 0 else (),
-        limit=args.limit, adaptive_limit=args.adaptive_limit, batch_size=args.batch_size,
-        sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset,
-    )
     cache = AttackCache(args.cache) if args.cache else None
     transfer = [label for label in defenses if ADVERSARIAL_TRAINING.get(label)]
     checkpoint = EvaluationProgress(args.progress) if args.progress else None
@@ -393,9 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
     ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
     ev.add_argument("--adaptive", nargs="*", default=list(ADAPTIVE_KEYS), choices=list(ADAPTIVE_KEYS),
-                    help="adaptive attacks: PGD through the full purifier, with BPDA, with EOT, on the "
-                         "purifier's distances (default all)")
+                    help="adaptive attacks: PGD through the full purifier, with BPDA, with BPDA on a projection "
+                         "tracked from step to step (Defense-GAN only), with EOT, on the purifier's distances "
+                         "(PuVAE only) (default all that apply)")
     ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")
+    ev.add_argument("--attack-param", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="replace an attack parameter, e.g. pgd_steps=100 or bpda_track_every_restart=false "
+                         "(the names of evaluation.ATTACK_SETTINGS; recorded in the report)")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--sigma-eps", type=float, default=0.1)
     ev.add_argument("--seed", type=int, default=0)

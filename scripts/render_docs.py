@@ -98,6 +98,17 @@ def run_time(meta: dict) -> str:
     return minutes
 
 
+def tracked_note(reports: list[dict]) -> str:
+    """How the reports' tracked BPDA followed Defense-GAN's search (empty when none ran it)."""
+    tracked = [r["meta"]["attack_params"] for r in reports
+               if "PGD + BPDA (tracked)" in r["meta"]["settings"]["adaptive"]]
+    if not tracked:
+        return ""
+    kinds = sorted({f"{p['bpda_track_steps']} steps from the previous step's "
+                    + ("codes of every restart" if p["bpda_track_every_restart"] else "closest code") for p in tracked})
+    return f"; BPDA (tracked): Defense-GAN's search continued {' or '.join(kinds)}, the final check by the full search"
+
+
 def percent_interval(percent: float, n: int) -> tuple[float, float]:
     """The 95% Wilson interval of an accuracy given in percent of ``n`` images."""
     return wilson_interval(round(percent * n / 100), n)
@@ -273,8 +284,8 @@ def headline(dataset: str) -> str:
             "",
             f"Adaptive white-box attacks on the whole `PurifiedClassifier` (untargeted PGD, eps {params['eps']}, "
             f"{params['pgd_steps']} steps of {params['pgd_step']}, random start; EOT over {params['eot_samples']} noise "
-            f"draws per step), robust accuracy on the first n test images, {adaptive[0]['meta']['device']}: {runs}. "
-            "The paper reports none of these; a dash is a cell we did not run.",
+            f"draws per step{tracked_note(adaptive)}), robust accuracy on the first n test images, "
+            f"{adaptive[0]['meta']['device']}: {runs}. The paper reports none of these; a dash is a cell we did not run.",
             "",
             adaptive_table(adaptive, weights),
         ]

@@ -164,6 +164,68 @@ def test_defense_gan_search_descends_and_keeps_the_best_restart() -> None:
     assert all(p.grad is None for p in gan.parameters())
 
 
+def test_defense_gan_search_returns_its_codes_and_continues_from_them() -> None:
+    gan = _tiny_gan(steps=6, restarts=3)
+    x = torch.rand(3, 1, 28, 28)
+    found = gan.search(x, torch.Generator().manual_seed(0))
+    purified, errors = gan.project(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(found.purified, purified)
+    torch.testing.assert_close(found.errors, errors)
+    with torch.no_grad():
+        torch.testing.assert_close(gan.generate(found.codes), found.purified)  # the codes are the chosen restarts'
+    same = gan.search(x, steps=0, start=found.codes)  # no step: the same point
+    torch.testing.assert_close(same.purified, found.purified)
+    further = gan.search(x, steps=10, start=found.codes)
+    assert further.codes.shape == (3, 8) and not torch.equal(further.codes, found.codes)
+    assert found.restart_codes.shape == (9, 8)
+    every = gan.search(x, steps=0, start=found.restart_codes)  # all three restarts per image: the same choice
+    torch.testing.assert_close(every.purified, found.purified)
+    with pytest.raises(ValueError, match=r"k \(3 \* k, 8\) codes per image"):
+        gan.search(x, start=found.codes[:2])
+    with pytest.raises(ValueError, match="and restarts k if given"):
+        gan.search(x, restarts=2, start=found.codes)
+
+
+def test_tracked_projection_searches_once_then_continues(images: torch.Tensor) -> None:
+    from puvae_defense.baselines import TrackedProjection
+
+    gan = _tiny_gan(steps=6, restarts=3)
+    found = gan.search(images, torch.Generator().manual_seed(0))
+    moved = (images + 0.01).clamp(0, 1)
+    for every_restart, codes in ((True, found.restart_codes), (False, found.codes)):
+        track = TrackedProjection(gan, steps=2, every_restart=every_restart, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(track(images), found.purified)  # the first call is the defense's own search
+        torch.testing.assert_close(track(moved), gan.search(moved, steps=2, start=codes).purified)
+    with pytest.raises(ValueError, match="make a new TrackedProjection"):
+        track(images[:2])
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrackedProjection(gan, steps=0)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        TrackedProjection(_tiny_gan().train())
+    with pytest.raises(ValueError, match="must have values in"):
+        track(images * 3)
+
+
+def test_tracked_bpda_attacks_defense_gan_only(images: torch.Tensor) -> None:
+    from puvae_defense.baselines import NoPurifier
+    from puvae_defense.evaluation import _adaptive_attack
+
+    net = _net()
+    gan_model = PurifiedClassifier(net, _tiny_gan(steps=3, restarts=2)).eval()
+    settings = EvalSettings(attacks=(), adaptive=("PGD + BPDA (tracked)", "PGD on the distances"), adaptive_limit=4,
+                            batch_size=4, overrides={"pgd_steps": 3, "bpda_track_steps": 2})
+    data = synthetic_dataset(4)
+    report = evaluate({"A": net}, {"defense-gan": {"A": gan_model}}, data, settings, progress=False)
+    assert set(report["classifiers"]["A"]["adaptive"]["defense-gan"]) == {"PGD + BPDA (tracked)"}
+    x_adv = _adaptive_attack("PGD + BPDA (tracked)", gan_model, data.images, data.labels, settings.params,
+                             torch.Generator().manual_seed(0))
+    assert x_adv.shape == data.images.shape and float((x_adv - data.images).abs().max()) <= 0.3 + 1e-6
+    assert not torch.equal(x_adv, data.images)
+    with pytest.raises(ValueError, match="continues Defense-GAN's search; NoPurifier has none"):
+        _adaptive_attack("PGD + BPDA (tracked)", PurifiedClassifier(net, NoPurifier()), data.images, data.labels,
+                         settings.params, torch.Generator().manual_seed(0))
+
+
 def test_defense_gan_with_another_search_shares_the_weights_and_bf16_follows_fp32(bf16_units) -> None:
     gan = _tiny_gan(steps=30, restarts=3)
     other = gan.with_search(steps=5, precision="bf16")
@@ -319,6 +381,28 @@ def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_
     MagNetReformer().save_pretrained(tmp_path / "magnet")
     with pytest.raises(SystemExit, match="--defenses has no Defense-GAN"):
         main(["evaluate", *common[2:], "--defenses", f"magnet={tmp_path / 'magnet'}", "--gan-search", "3x1", "--name", "bad"])
+
+
+def test_evaluate_command_runs_tracked_bpda_with_attack_params_and_records_them(tmp_path, mnist_root) -> None:
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+    from puvae_defense.cli import main
+
+    _tiny_gan(steps=2, restarts=2).save_pretrained(tmp_path / "gan")
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    common = ["--defenses", f"defense-gan={tmp_path / 'gan'}", "--classifiers", f"A={tmp_path / 'clf'}", "--attacks",
+              "--adaptive", "bpda-tracked", "--limit", "4", "--adaptive-limit", "4", "--data-root", str(mnist_root),
+              "--out", str(tmp_path), "--quiet"]
+    assert main(["evaluate", *common, "--attack-param", "pgd_steps=2", "bpda_track_every_restart=false",
+                 "--name", "tracked"]) == 0
+    report = json.loads((tmp_path / "tracked.json").read_text())
+    assert report["meta"]["attack_params"]["pgd_steps"] == 2
+    assert report["meta"]["attack_params"]["bpda_track_every_restart"] is False
+    assert list(report["classifiers"]["A"]["adaptive"]["defense-gan"]) == ["PGD + BPDA (tracked)"]
+    for bad, message in (("pgd_stepz=2", "unknown attack parameters .'pgd_stepz'."),
+                         ("pgd_steps=true", "pgd_steps must be of type int"), ("pgd_steps", "KEY=VALUE"),
+                         ("bpda_track_every_restart=1", "of type bool")):
+        with pytest.raises(SystemExit, match=message):
+            main(["evaluate", *common, "--attack-param", bad, "--name", "bad"])
 
 
 def test_parse_search_reads_steps_by_restarts_and_names_what_it_cannot() -> None:

@@ -157,3 +157,13 @@ def test_a_resumed_runs_time_says_what_it_covers(render) -> None:
     assert render.run_time(meta) == "31 min for the last piece, resumed after 20 images"
     meta["resumed"]["whole_run_timed"] = True  # the progress file carried the earlier pieces' time
     assert render.run_time(meta) == "31 min in all, resumed after 20 images"
+
+
+def test_tracked_bpda_settings_are_said_only_when_it_ran(render) -> None:
+    def report(adaptive: list[str], every: bool = True) -> dict:
+        return {"meta": {"settings": {"adaptive": adaptive},
+                         "attack_params": {"bpda_track_steps": 10, "bpda_track_every_restart": every}}}
+
+    assert render.tracked_note([report(["PGD + BPDA"])]) == ""
+    note = render.tracked_note([report(["PGD + BPDA (tracked)"]), report(["PGD + BPDA (tracked)"], every=False)])
+    assert "10 steps from the previous step's closest code or 10 steps from the previous step's codes of every restart" in note

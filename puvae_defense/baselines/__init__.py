@@ -20,12 +20,12 @@ import torch
 
 from .adversarial_training import fgsm_objective, fit_adversarial_classifier
 from .base import ImagePurifier
-from .defense_gan import Critic, DefenseGAN, DefenseGANConfig, fit_defense_gan, parse_search
+from .defense_gan import Critic, DefenseGAN, DefenseGANConfig, GANSearch, TrackedProjection, fit_defense_gan, parse_search
 from .feature_squeezing import BitDepthSqueeze
 from .magnet import MagNetConfig, MagNetReformer, fit_magnet
 
-__all__ = ["BitDepthSqueeze", "NoPurifier", "load_purifier", "Critic", "DefenseGAN", "DefenseGANConfig", "ImagePurifier", "MagNetConfig", "MagNetReformer", "fgsm_objective",
-           "fit_adversarial_classifier", "fit_defense_gan", "fit_magnet", "parse_search"]
+__all__ = ["BitDepthSqueeze", "NoPurifier", "load_purifier", "Critic", "DefenseGAN", "DefenseGANConfig", "GANSearch", "ImagePurifier", "MagNetConfig", "MagNetReformer", "fgsm_objective",
+           "fit_adversarial_classifier", "fit_defense_gan", "fit_magnet", "parse_search", "TrackedProjection"]
 
 
 class NoPurifier(ImagePurifier):

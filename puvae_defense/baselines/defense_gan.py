@@ -22,19 +22,20 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._checks import warn_if_emulated_bf16
+from .._checks import check_images, warn_if_emulated_bf16
 from ..checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
 
-__all__ = ["DefenseGANConfig", "DefenseGAN", "Critic", "fit_defense_gan", "parse_search", "PRECISIONS"]
+__all__ = ["DefenseGANConfig", "DefenseGAN", "GANSearch", "TrackedProjection", "Critic", "fit_defense_gan",
+           "parse_search", "PRECISIONS"]
 
 #: Arithmetic of the projection's generator passes (``DefenseGANConfig.precision``).
 PRECISIONS = ("fp32", "bf16")
@@ -89,6 +90,19 @@ class DefenseGANConfig:
             raise ValueError(f"DefenseGANConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
+class GANSearch(NamedTuple):
+    """What :meth:`DefenseGAN.search` found for each image."""
+
+    purified: torch.Tensor
+    """``(B, C, 28, 28)``: the closest ``G(z)``."""
+    errors: torch.Tensor
+    """``(B,)``: its mean squared error to the image."""
+    codes: torch.Tensor
+    """``(B, latent_dim)``: its ``z``."""
+    restart_codes: torch.Tensor
+    """``(B * R, latent_dim)``: where every restart ended, image-major."""
+
+
 class DefenseGAN(PretrainedMixin, ImagePurifier):
     """The generator and its projection; ``purify(x)`` is the closest ``G(z)`` found.
 
@@ -129,16 +143,45 @@ class DefenseGAN(PretrainedMixin, ImagePurifier):
         ``steps`` and ``restarts`` default to the config's (``L`` and ``R``); all ``B x R``
         searches run as one batch. The generator's weights get no gradient.
         """
+        found = self.search(images, generator, steps=steps, restarts=restarts)
+        return found.purified, found.errors
+
+    def search(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, *, steps: int | None = None,
+        restarts: int | None = None, start: torch.Tensor | None = None,
+    ) -> GANSearch:
+        """:meth:`project` that also returns the chosen codes, or continues from given ones.
+
+        Args:
+            images: ``(B, C, 28, 28)`` targets.
+            generator: draws the random starts.
+            steps: gradient steps (default ``L``).
+            restarts: random starts per image (default ``R``); with ``start``, the codes per
+                image that it holds.
+            start: ``(B * k, latent_dim)`` codes to descend from instead of random ones, ``k``
+                per image (image-major, as in ``restart_codes``), e.g. those found for a nearby
+                image.
+        """
         cfg = self.config
+        batch = images.shape[0]
         steps = cfg.steps if steps is None else steps
+        if start is not None:
+            per_image = start.shape[0] // max(batch, 1)
+            if (start.dim() != 2 or start.shape[1] != cfg.latent_dim or per_image < 1 or start.shape[0] != batch * per_image
+                    or restarts not in (None, per_image)):
+                raise ValueError(f"start must hold k ({batch} * k, {cfg.latent_dim}) codes per image, and restarts k if "
+                                 f"given; got start {tuple(start.shape)} and restarts {restarts}")
+            restarts = per_image
         restarts = cfg.restarts if restarts is None else restarts
         if steps < 0 or restarts < 1:
             raise ValueError(f"steps must be >= 0 and restarts >= 1, got {steps} and {restarts}")
-        batch = images.shape[0]
         dtype = self.fc.weight.dtype
         target = images.to(dtype).repeat_interleave(restarts, dim=0)
-        z = torch.randn(batch * restarts, cfg.latent_dim, generator=generator,
-                        device=generator.device if generator is not None else images.device)
+        if start is None:
+            z = torch.randn(batch * restarts, cfg.latent_dim, generator=generator,
+                            device=generator.device if generator is not None else images.device)
+        else:
+            z = start.detach()
         z = z.to(images.device, dtype).requires_grad_(True)
         velocity = torch.zeros_like(z)
         if cfg.precision == "bf16":
@@ -158,7 +201,8 @@ class DefenseGAN(PretrainedMixin, ImagePurifier):
             errors = (candidates - target).square().mean(dim=(1, 2, 3)).view(batch, restarts)
             best = errors.argmin(dim=1)
             rows = torch.arange(batch, device=images.device) * restarts + best
-            return candidates[rows], errors[torch.arange(batch), best]
+            codes = z.detach()
+            return GANSearch(candidates[rows], errors[torch.arange(batch), best], codes[rows], codes)
 
     def with_search(self, *, steps: int | None = None, restarts: int | None = None,
                     precision: str | None = None) -> DefenseGAN:
@@ -180,6 +224,63 @@ class DefenseGAN(PretrainedMixin, ImagePurifier):
     @classmethod
     def _from_config_dict(cls, raw: dict[str, Any]) -> DefenseGAN:
         return cls(DefenseGANConfig(**{**raw, "image_shape": tuple(raw["image_shape"])}))
+
+
+class TrackedProjection:
+    """An attacker's cheap stand-in for Defense-GAN's projection along an attack path (for BPDA).
+
+    BPDA needs the purified image at every step of the attack, and Defense-GAN's projection
+    (``L x R`` generator passes per image) makes each step as dear as a defense's forward
+    pass. An iterative attack moves the image by one small step at a time, so the code found
+    for the previous step is a good start for the next: the first call searches as the defense
+    does (its ``L`` and ``R``), every later call continues from the previous call's codes for
+    ``steps`` steps of the same optimiser and returns the closest. With ``every_restart`` all
+    ``R`` codes of each image are followed, so the attacker's image switches basin when the
+    defense's choice among its restarts would; without it only the closest is. A 40-step PGD
+    then costs about ``1 + 39 * steps / L`` (every restart) or ``1 + 39 * steps / (L * R)``
+    projections instead of 40. Only the attacker's gradient uses it: the defended accuracy is
+    still measured with the defense's own search.
+
+    One tracker follows one batch through one attack (make a new one per attack run); a call
+    on images of another shape raises ``ValueError``.
+
+    Args:
+        gan: the defense's generator (eval mode).
+        steps: descent steps per later call.
+        every_restart: follow all ``R`` codes of each image, not only the closest.
+        generator: draws the first search's random starts.
+
+    Example:
+        >>> gan = DefenseGAN(DefenseGANConfig(steps=4, restarts=2)).eval()
+        >>> track = TrackedProjection(gan, steps=2)
+        >>> x = torch.rand(3, 1, 28, 28)
+        >>> track(x).shape == track((x + 0.01).clamp(0, 1)).shape
+        True
+    """
+
+    def __init__(self, gan: DefenseGAN, *, steps: int = 10, every_restart: bool = True,
+                 generator: torch.Generator | None = None) -> None:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if gan.training:
+            raise RuntimeError("Defense-GAN purifies in eval mode (batch-norm statistics): call .eval() first")
+        self.gan, self.steps, self.every_restart, self.generator = gan, steps, every_restart, generator
+        self.codes: torch.Tensor | None = None
+        self._batch = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The tracked projection of ``images`` (``(B, C, 28, 28)`` in [0, 1])."""
+        images = check_images(images, self.gan.image_shape)
+        if self.codes is None:
+            found = self.gan.search(images, self.generator)
+            self._batch = images.shape[0]
+        elif images.shape[0] != self._batch:
+            raise ValueError(f"this tracker follows a batch of {self._batch} images, got {images.shape[0]}; "
+                             "make a new TrackedProjection for another batch")
+        else:
+            found = self.gan.search(images, steps=self.steps, start=self.codes)
+        self.codes = found.restart_codes if self.every_restart else found.codes
+        return found.purified
 
 
 class Critic(nn.Module):
