@@ -111,7 +111,7 @@ class OnnxModel:
 
     Example:
         >>> runner = OnnxModel("puvae-mnist-a.onnx")                # doctest: +SKIP
-        >>> logits = runner(images)                                # (B, 10) numpy array
+        >>> logits = runner(images)                                # doctest: +SKIP
     """
 
     def __init__(self, path: str | os.PathLike[str], *, providers: list[str] | None = None) -> None:

@@ -107,7 +107,7 @@ class DefenseGAN(PretrainedMixin, ImagePurifier):
     """The generator and its projection; ``purify(x)`` is the closest ``G(z)`` found.
 
     Example:
-        >>> gan = DefenseGAN(DefenseGANConfig(steps=2, restarts=2))
+        >>> gan = DefenseGAN(DefenseGANConfig(steps=2, restarts=2)).eval()
         >>> gan.purify(torch.rand(3, 1, 28, 28)).shape
         torch.Size([3, 1, 28, 28])
     """
