@@ -245,11 +245,11 @@ class AttackCache:
 class EvaluationProgress:
     """An evaluation's progress on disk after every batch, so that a stopped run resumes.
 
-    The file (JSON, written atomically) holds per classifier the images done, the counts and
-    timings so far and the state of every defense's noise generator, and the wall-clock seconds
-    spent on what it records: the resumed run gives the numbers of the run that was not
-    stopped, and its time is the sum of its pieces (work lost after a piece's last batch is
-    not counted; it is done again). It belongs to one run (settings but the
+    The file (JSON, written atomically) holds per classifier the images done, the counts,
+    per-image results and timings so far and the state of every defense's noise generator,
+    and the wall-clock seconds spent on what it records: the resumed run gives the numbers of
+    the run that was not stopped, and its time is the sum of its pieces (work lost after a
+    piece's last batch is not counted; it is done again). It belongs to one run (settings but the
     image count, attack parameters, every model's weights and configuration); another run's
     file is an error, not a silent mix. The image count may grow between runs when the run
     stopped on a whole batch.
@@ -278,11 +278,12 @@ class EvaluationProgress:
             self.seconds_before = saved.get("seconds")
 
     def resume(self, name: str, size: int, batch_size: int, gens: Mapping[str, torch.Generator]
-               ) -> tuple[int, dict[str, int], dict[str, float]]:
-        """``(images done, counts, timings)`` of classifier ``name``; sets ``gens`` to where they were."""
+               ) -> tuple[int, dict[str, int], dict[str, float], dict[str, list[bool]] | None]:
+        """``(images done, counts, timings, per-image results)`` of classifier ``name`` (the last
+        ``None`` for a file written before they were recorded); sets ``gens`` to where they were."""
         state = self._state.get(name)
         if state is None:
-            return 0, {"clean": 0}, {}
+            return 0, {"clean": 0}, {}, {}
         done = state["done"]
         if done > size:
             raise ValueError(f"{self.path}: classifier {name} has {done} images done, more than the {size} asked for")
@@ -291,12 +292,16 @@ class EvaluationProgress:
                              f"{batch_size}); it cannot grow to {size} images with the same batches")
         for label, encoded in state["generators"].items():
             gens[label].set_state(torch.frombuffer(bytearray(base64.b64decode(encoded)), dtype=torch.uint8))
-        return done, dict(state["counts"]), dict(state["timings"])
+        hits = {key: unpack_hits(bits) for key, bits in state["hits"].items()} if "hits" in state else None
+        return done, dict(state["counts"]), dict(state["timings"]), hits
 
     def save(self, name: str, done: int, counts: Mapping[str, int], timings: Mapping[str, float],
-             gens: Mapping[str, torch.Generator], seconds: float | None) -> None:
-        """Record classifier ``name`` after ``done`` images, ``seconds`` into the whole run (``None``: unknown)."""
+             gens: Mapping[str, torch.Generator], seconds: float | None,
+             hits: Mapping[str, Sequence[bool]] | None = None) -> None:
+        """Record classifier ``name`` after ``done`` images, ``seconds`` into the whole run (``None``:
+        unknown), with the per-image results when they are known."""
         self._state[name] = {"done": done, "counts": dict(counts), "timings": dict(timings),
+                             **({} if hits is None else {"hits": {key: pack_hits(bits) for key, bits in hits.items()}}),
                              "generators": {label: base64.b64encode(g.get_state().numpy().tobytes()).decode()
                                             for label, g in gens.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -434,7 +439,11 @@ def evaluate(
     Returns:
         ``{"classifiers": {name: {"n", "clean_accuracy", "clean_through": {defense: %},
         "gray_box": {attack: {"no_defense": %, defense: %}}, "adaptive": {defense: {attack: %}},
-        "adaptive_n", "attack_seconds"}}, "meta": {...}}``.
+        "adaptive_n", "attack_seconds", "per_image"}}, "meta": {...}}``; ``per_image`` maps every
+        count's key (``"clean"``, ``"clean/<defense>"``, ``"<attack>/<defense or no_defense>"``,
+        ``"<defense>/<adaptive attack>"``) to which images were classified right, in the order
+        of the test set (:func:`unpack_hits`), so that attacks can be compared image by image
+        and their worst case taken; a run resumed from a file without them has none.
     """
     from tqdm.auto import tqdm
 
@@ -470,8 +479,9 @@ def evaluate(
         first = 0
         counts: dict[str, int] = {"clean": 0}
         timings: dict[str, float] = {}
+        hits: dict[str, list[bool]] | None = {}  # per image, right or not; None when a resumed file lacks them
         if checkpoint is not None:
-            first, counts, timings = checkpoint.resume(name, size, settings.batch_size, gens)
+            first, counts, timings, hits = checkpoint.resume(name, size, settings.batch_size, gens)
             if first:
                 resumed[name] = first
         bar = tqdm(total=size, initial=first, desc=f"classifier {name}", disable=not progress)
@@ -480,10 +490,11 @@ def evaluate(
             y = dataset.labels[start : start + x.shape[0]].to(device)
             with torch.no_grad():
                 clean_logits = classifier(x)
-            counts["clean"] += _correct(clean_logits, y)
+            score = partial(_score, counts, hits)
+            score("clean", clean_logits, y)
             targets = random_targets(y, clean_logits.shape[1], _batch_generator(settings.seed, start, 0))
             for label, model in models.items():
-                _count(counts, f"clean/{label}", _correct(_defended_logits(model, x, gens[label]), y))
+                score(f"clean/{label}", _defended_logits(model, x, gens[label]), y)
             for attack in settings.attacks:
                 examples: dict[int, torch.Tensor] = {}  # one set per attacked network, shared by its defenses
                 for target in (classifier, *targets_of.values()):
@@ -493,10 +504,10 @@ def evaluate(
                                                                   start, cache)
                         _count(timings, attack, time.perf_counter() - tic)
                 with torch.no_grad():
-                    _count(counts, f"{attack}/no_defense", _correct(classifier(examples[id(classifier)]), y))
+                    score(f"{attack}/no_defense", classifier(examples[id(classifier)]), y)
                 for label, model in models.items():
                     x_adv = examples[id(targets_of[label])]
-                    _count(counts, f"{attack}/{label}", _correct(_defended_logits(model, x_adv, gens[label]), y))
+                    score(f"{attack}/{label}", _defended_logits(model, x_adv, gens[label]), y)
             if start < adaptive_size:
                 x_a, y_a = x[: adaptive_size - start], y[: adaptive_size - start]
                 for label, model in models.items():
@@ -504,9 +515,9 @@ def evaluate(
                         tic = time.perf_counter()
                         x_adv = _adaptive_attack(attack, model, x_a, y_a, params, gens[label])
                         _count(timings, f"{label}/{attack}", time.perf_counter() - tic)
-                        _count(counts, f"{label}/{attack}", _correct(_defended_logits(model, x_adv, gens[label]), y_a))
+                        score(f"{label}/{attack}", _defended_logits(model, x_adv, gens[label]), y_a)
             if checkpoint is not None:
-                checkpoint.save(name, start + x.shape[0], counts, timings, gens, elapsed())
+                checkpoint.save(name, start + x.shape[0], counts, timings, gens, elapsed(), hits)
             bar.update(x.shape[0])
         bar.close()
         percent = partial(_percent, counts, n=size)
@@ -520,6 +531,7 @@ def evaluate(
                          for label in models if adaptive[label]} if adaptive_size else {},
             "adaptive_n": adaptive_size if settings.adaptive else 0,
             "attack_seconds": timings,
+            **({} if hits is None else {"per_image": {key: pack_hits(bits) for key, bits in hits.items()}}),
         }
     report["meta"] = {
         "defenses": list(defenses),
@@ -551,6 +563,39 @@ def _gray_box_examples(attack: str, params: Mapping[str, Any], target: nn.Module
 
 def _percent(counts: Mapping[str, int], key: str, n: int) -> float:
     return 100.0 * counts.get(key, 0) / n
+
+
+def _score(counts: dict[str, int], hits: dict[str, list[bool]] | None, key: str, logits: torch.Tensor,
+           labels: torch.Tensor) -> None:
+    """Count the images ``logits`` classify right under ``key``, and remember which (``hits``)."""
+    right = (logits.argmax(1) == labels).cpu()
+    counts[key] = counts.get(key, 0) + int(right.sum())
+    if hits is not None:
+        hits.setdefault(key, []).extend(right.tolist())
+
+
+def pack_hits(bits: Sequence[bool]) -> str:
+    """Per-image results as ``"<n>:<hex>"``, four images per hex digit, the first image the
+    highest bit (a report's ``per_image``; :func:`unpack_hits` reads it back).
+
+    Example:
+        >>> pack_hits([True, False, True, True, True])
+        '5:b8'
+        >>> unpack_hits('5:b8')
+        [True, False, True, True, True]
+    """
+    text = "".join("1" if bit else "0" for bit in bits)
+    text += "0" * (-len(text) % 4)
+    return f"{len(bits)}:" + "".join(f"{int(text[i : i + 4], 2):x}" for i in range(0, len(text), 4))
+
+
+def unpack_hits(packed: str) -> list[bool]:
+    """The per-image results of :func:`pack_hits`; a malformed string raises ``ValueError``."""
+    size, sep, digits = packed.partition(":")
+    if not sep or not size.isdigit() or len(digits) != -(-int(size) // 4):
+        raise ValueError(f"per-image results must read '<n>:<hex digits>' with n/4 digits, got {packed[:40]!r}")
+    bits = "".join(f"{int(d, 16):04b}" for d in digits)
+    return [b == "1" for b in bits[: int(size)]]
 
 
 def _count(counts: dict[str, Any], key: str, value: float) -> None:

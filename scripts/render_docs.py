@@ -15,7 +15,7 @@ from pathlib import Path
 
 from puvae_defense import PuVAE, hub
 from puvae_defense.evaluation import (ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_ATTACKS, PAPER_DATASETS, PAPER_TABLE6,
-                                      PAPER_TABLES, defense_columns, results_markdown, wilson_interval)
+                                      PAPER_TABLES, defense_columns, results_markdown, unpack_hits, wilson_interval)
 from puvae_defense.serialization import WEIGHTS_NAME, weights_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,21 +132,41 @@ def adaptive_table(reports: list[dict], weights: dict[tuple[str, str], str | Non
     cells on fewer than ``ADAPTIVE_IMAGES`` (the issue's 1,000) their 95% Wilson interval.
     """
     cells: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
+    hits: dict[tuple[str, str], dict[str, list[bool]]] = {}
     for report in reports:
         same = _matches(report, weights)
         for name, result in report["classifiers"].items():
             for label, row in result["adaptive"].items():
                 if same.get(label):
                     cells.setdefault((name, label), {}).update({a: (v, result["adaptive_n"]) for a, v in row.items()})
+                    per_image = result.get("per_image", {})
+                    hits.setdefault((name, label), {}).update(
+                        {a: unpack_hits(per_image[f"{label}/{a}"]) for a in row if f"{label}/{a}" in per_image})
     attacks = [a for a in ADAPTIVE_ATTACKS if any(a in row for row in cells.values())]
-    lines = ["| Classifier | Defense | n | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks)]
+    worst = {key: worst_case(row) for key, row in hits.items() if len(row) > 1}
+    columns = attacks + ([WORST_CASE] if worst else [])
+    lines = ["| Classifier | Defense | n | " + " | ".join(columns) + " |", "|---|---|---|" + "---|" * len(columns)]
     order = defense_columns(list(dict.fromkeys(label for _, label in cells)))
     for (name, label), row in sorted(cells.items(), key=lambda item: (item[0][0], order.index(item[0][1]))):
         sizes = [n for _, n in row.values()]
         usual = max(set(sizes), key=sizes.count)
-        values = " | ".join("-" if a not in row else adaptive_cell(*row[a], usual) for a in attacks)
-        lines.append(f"| {name} | {DEFENSE_NAMES.get(label, label)} | {usual:,} | {values} |")
+        values = ["-" if a not in row else adaptive_cell(*row[a], usual) for a in attacks]
+        if worst:
+            values.append(adaptive_cell(*worst[name, label], usual) if (name, label) in worst else "-")
+        lines.append(f"| {name} | {DEFENSE_NAMES.get(label, label)} | {usual:,} | {' | '.join(values)} |")
     return "\n".join(lines)
+
+
+#: The adaptive tables' column of the per-image worst case over the row's attacks.
+WORST_CASE = "worst case per image"
+
+
+def worst_case(hits: dict[str, list[bool]]) -> tuple[float, int]:
+    """``(accuracy in %, n)``: the images that every attack left right, over the first ``n``
+    images that all of them ran on (every run takes the first n test images)."""
+    n = min(len(bits) for bits in hits.values())
+    kept = sum(all(bits[i] for bits in hits.values()) for i in range(n))
+    return 100.0 * kept / n, n
 
 
 def merge_reports(reports: list[dict], table: str) -> dict:

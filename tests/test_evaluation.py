@@ -254,7 +254,7 @@ def test_a_stopped_evaluation_resumes_to_the_numbers_of_one_run(tiny_vae: PuVAE,
     assert saved["done"] == 8
     resumed = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
     assert resumed["meta"]["resumed"]["images_done_before"] == {"A": 8}
-    for key in ("n", "clean_accuracy", "clean_through", "gray_box", "adaptive", "adaptive_n"):
+    for key in ("n", "clean_accuracy", "clean_through", "gray_box", "adaptive", "adaptive_n", "per_image"):
         assert resumed["classifiers"]["A"][key] == straight["classifiers"]["A"][key], key
     # a finished run resumes to its report without recomputing
     again = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
@@ -277,14 +277,38 @@ def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> No
     assert resumed["meta"]["resumed"]["whole_run_timed"] is True
     assert 1000.0 < resumed["meta"]["wall_seconds"] < 1000.0 + 600
     assert json.loads(path.read_text())["seconds"] == pytest.approx(resumed["meta"]["wall_seconds"], abs=60)
-    # a file written before pieces were timed: the report says it timed only the last piece
+    assert "per_image" in resumed["classifiers"]["A"]
+    # a file written before pieces were timed or images recorded: the report says it timed only
+    # the last piece, and has no per-image results rather than a partial list
     del record["seconds"]
+    del record["classifiers"]["A"]["hits"]
     path.write_text(json.dumps(record))
     old = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
     assert old["meta"]["resumed"]["whole_run_timed"] is False
     assert old["meta"]["wall_seconds"] < 600
     assert "seconds" not in json.loads(path.read_text())
     assert old["classifiers"]["A"]["gray_box"] == resumed["classifiers"]["A"]["gray_box"]
+    assert "per_image" not in old["classifiers"]["A"]
+
+
+def test_report_says_which_images_each_cell_got_right(tiny_vae: PuVAE) -> None:
+    from puvae_defense.evaluation import pack_hits, unpack_hits
+
+    nets, defended = _setup(tiny_vae)
+    settings = EvalSettings(attacks=("FGSM",), adaptive=("PGD + BPDA", "PGD on the distances"), limit=10,
+                            adaptive_limit=6, batch_size=4, overrides=QUICK)
+    result = evaluate(nets, defended, synthetic_dataset(12), settings, progress=False)["classifiers"]["A"]
+    bits = {key: unpack_hits(packed) for key, packed in result["per_image"].items()}
+    assert set(bits) == {"clean", "clean/puvae", "FGSM/no_defense", "FGSM/puvae", "puvae/PGD + BPDA",
+                         "puvae/PGD on the distances"}
+    assert len(bits["clean"]) == 10 and len(bits["puvae/PGD + BPDA"]) == 6
+    assert 100 * sum(bits["clean/puvae"]) / 10 == result["clean_through"]["puvae"]
+    assert 100 * sum(bits["puvae/PGD on the distances"]) / 6 == result["adaptive"]["puvae"]["PGD on the distances"]
+    for sample in ([], [True], [False] * 7 + [True], [True, False] * 13):
+        assert unpack_hits(pack_hits(sample)) == sample
+    for bad in ("5", "5:b", "x:b8", "5:b8f"):
+        with pytest.raises(ValueError, match="per-image results must read"):
+            unpack_hits(bad)
 
 
 def test_progress_file_restores_the_noise_and_refuses_other_runs(tiny_vae: PuVAE, tmp_path) -> None:
@@ -300,8 +324,9 @@ def test_progress_file_restores_the_noise_and_refuses_other_runs(tiny_vae: PuVAE
     progress.bind(json.loads(path.read_text())["key"])
     gens = {"puvae": torch.Generator().manual_seed(0)}
     fresh = gens["puvae"].get_state().clone()
-    done, counts, _ = progress.resume("A", 16, 4, gens)
+    done, counts, _, hits = progress.resume("A", 16, 4, gens)
     assert done == 4 and counts["clean"] >= 0
+    assert hits is not None and all(len(bits) == 4 and sum(bits) == counts[key] for key, bits in hits.items())
     assert not torch.equal(gens["puvae"].get_state(), fresh)  # the purifier's noise had advanced; it is restored
     with pytest.raises(ValueError, match="more than the 2 asked for"):
         progress.resume("A", 2, 4, gens)

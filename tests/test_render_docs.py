@@ -88,6 +88,24 @@ def test_adaptive_cells_on_few_images_carry_their_interval(render) -> None:
     assert render.adaptive_cell(50.0, 2000, 1000) == "50.00 (n = 2,000)"
 
 
+def test_adaptive_table_takes_the_worst_case_per_image_over_its_reports(render) -> None:
+    from puvae_defense.evaluation import pack_hits
+
+    exact = json.loads((RESULTS / "adaptive_defense_gan_mnist_B.json").read_text())
+    tracked = json.loads((RESULTS / "adaptive_defense_gan_tracked_mnist_B.json").read_text())
+    weights = render._weights(exact)
+    assert render.WORST_CASE not in render.adaptive_table([exact, tracked], weights)  # no per-image results: no column
+    # 30 images each: exact BPDA leaves images 0-7, tracked images 4-13; both leave 4-7
+    exact["classifiers"]["B"]["per_image"] = {"defense-gan/PGD + BPDA": pack_hits([i < 8 for i in range(30)])}
+    tracked["classifiers"]["B"]["per_image"] = {
+        "defense-gan/PGD + BPDA (tracked)": pack_hits([4 <= i < 14 for i in range(30)])}
+    table = render.adaptive_table([exact, tracked], weights)
+    assert f"| PGD + BPDA | PGD + BPDA (tracked) | {render.WORST_CASE} |" in table
+    assert "| B | Defense-GAN | 30 | 26.67 (95% 14.2-44.4) | 33.33 (95% 19.2-51.2) | 13.33 (95% 5.3-29.7) |" in table
+    # runs on different numbers of images: the worst case over the first images all of them ran on
+    assert render.worst_case({"a": [i < 8 for i in range(30)], "b": [True] * 20}) == (40.0, 20)
+
+
 def test_tables_say_when_the_bundled_puvae_is_newer_than_their_reports(render, tmp_path, monkeypatch) -> None:
     report = _copy(tmp_path, "table3_fashion-mnist_A.json", "table3_fashion-mnist_A.json")
     measured = report["meta"]["defense_sources"]["puvae"]["fingerprint"]
