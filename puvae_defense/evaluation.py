@@ -56,7 +56,9 @@ __all__ = [
     "EvaluationProgress",
     "defended_accuracy",
     "evaluate",
+    "pack_hits",
     "results_markdown",
+    "unpack_hits",
     "weights_fingerprint",
     "wilson_interval",
 ]
