@@ -239,10 +239,12 @@ class TrackedProjection:
     defense's choice among its restarts would; without it only the closest is. A 40-step PGD
     then costs about ``1 + 39 * steps / L`` (every restart) or ``1 + 39 * steps / (L * R)``
     projections instead of 40. Only the attacker's gradient uses it: the defended accuracy is
-    still measured with the defense's own search.
+    still measured with the defense's own search. Measured on 30 MNIST test images behind
+    classifier B, the attack is not stronger than BPDA with the full search at every step
+    (docs/baselines.md): use it for quick looks, not in place of it.
 
     One tracker follows one batch through one attack (make a new one per attack run); a call
-    on images of another shape raises ``ValueError``.
+    on another number of images raises ``ValueError``.
 
     Args:
         gan: the defense's generator (eval mode).
