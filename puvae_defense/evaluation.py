@@ -9,7 +9,7 @@ Two threat models:
   ``PurifiedClassifier``: untargeted PGD through the full purifier gradient, through BPDA
   (identity backward pass), with EOT over the sampling noise, on PuVAE's class-projection
   distances, and for Defense-GAN through BPDA on a projection the attacker tracks from step
-  to step (:class:`~puvae_defense.baselines.TrackedProjection`, about 13x cheaper).
+  to step (:class:`~puvae_defense.baselines.TrackedProjection`, a twelfth of the cost, not stronger).
 
 Accuracies are percentages; every random choice (targets, noise, random starts) comes from
 generators seeded by ``seed``, so a rerun on the same hardware gives the same numbers. The
