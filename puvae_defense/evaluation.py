@@ -166,6 +166,11 @@ class EvalSettings:
             raise ValueError(f"unknown attacks {unknown}; choose from {PAPER_ATTACKS + ADAPTIVE_ATTACKS}")
         if self.dataset not in ATTACK_SETTINGS:
             raise ValueError(f"no attack settings for {self.dataset!r}; known: {sorted(ATTACK_SETTINGS)}")
+        if self.limit is not None and self.limit < 1 or self.batch_size < 1 or self.adaptive_limit < 0:
+            raise ValueError(f"limit (None or >= 1), batch_size (>= 1) and adaptive_limit (>= 0) count images; got "
+                             f"{self.limit}, {self.batch_size} and {self.adaptive_limit}")
+        if not self.sigma_eps >= 0:
+            raise ValueError(f"sigma_eps must be >= 0, got {self.sigma_eps}")
         defaults = ATTACK_SETTINGS[self.dataset]
         if unknown := sorted(set(self.overrides) - set(defaults)):
             raise ValueError(f"unknown attack parameters {unknown}; known: {sorted(defaults)}")
@@ -175,6 +180,8 @@ class EvalSettings:
                     expected is not bool and isinstance(value, bool)):
                 raise ValueError(f"attack parameter {key} must be of type {expected.__name__} (default {defaults[key]!r}), "
                                  f"got {value!r}")
+            if expected is int and value < 1 or expected is float and not value >= 0:
+                raise ValueError(f"attack parameter {key} must be {'>= 1' if expected is int else '>= 0'}, got {value!r}")
 
     @property
     def params(self) -> dict[str, Any]:

@@ -340,3 +340,22 @@ def test_progress_file_restores_the_noise_and_refuses_other_runs(tiny_vae: PuVAE
     other = {"puvae": {"A": PurifiedClassifier(nets["A"], tiny_vae, sigma_eps=0.0)}}
     with pytest.raises(ValueError, match="different defenses"):
         evaluate(nets, other, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"attacks": ("FGSM", "PGD")}, "unknown attacks .'PGD'."),
+    ({"dataset": "svhn"}, "no attack settings for 'svhn'"),
+    ({"limit": 0}, "count images; got 0, 500 and 1000"),
+    ({"batch_size": 0}, "count images; got None, 0 and 1000"),
+    ({"adaptive_limit": -1}, "count images; got None, 500 and -1"),
+    ({"sigma_eps": -0.1}, "sigma_eps must be >= 0"),
+    ({"overrides": {"pgd_stepz": 3}}, "unknown attack parameters .'pgd_stepz'."),
+    ({"overrides": {"pgd_steps": 2.5}}, "pgd_steps must be of type int"),
+    ({"overrides": {"eot_samples": True}}, "eot_samples must be of type int"),
+    ({"overrides": {"pgd_steps": 0}}, "pgd_steps must be >= 1"),
+    ({"overrides": {"pgd_step": -0.01}}, "pgd_step must be >= 0"),
+])
+def test_eval_settings_refuse_what_cannot_run(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvalSettings(**changes)
+    assert EvalSettings(overrides={"pgd_steps": 3, "eps": 1, "bpda_track_every_restart": False}).params["eps"] == 1
