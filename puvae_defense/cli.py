@@ -271,11 +271,12 @@ def _attack_params(items: list[str]) -> dict[str, object]:
     for item in items:
         key, sep, text = item.partition("=")
         try:
-            params[key.strip()] = json.loads(text) if sep else None
+            value = json.loads(text) if sep else None
         except json.JSONDecodeError:
-            params[key.strip()] = None
-        if params[key.strip()] is None:
+            value = None
+        if value is None:
             raise SystemExit(f"--attack-param takes KEY=VALUE with a number or true/false, got {item!r}")
+        params[key.strip()] = value
     return params
 
 

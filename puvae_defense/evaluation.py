@@ -493,13 +493,13 @@ def evaluate(
             first, counts, timings, hits = checkpoint.resume(name, size, settings.batch_size, gens)
             if first:
                 resumed[name] = first
+        score = partial(_score, counts, hits)
         bar = tqdm(total=size, initial=first, desc=f"classifier {name}", disable=not progress)
         for start in range(first, size, settings.batch_size):
             x = dataset.images[start : start + min(settings.batch_size, size - start)].to(device)
             y = dataset.labels[start : start + x.shape[0]].to(device)
             with torch.no_grad():
                 clean_logits = classifier(x)
-            score = partial(_score, counts, hits)
             score("clean", clean_logits, y)
             targets = random_targets(y, clean_logits.shape[1], _batch_generator(settings.seed, start, 0))
             for label, model in models.items():
