@@ -89,6 +89,9 @@ Usage (the probe table of docs/training.md):
         --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
     python scripts/recipe_probe.py fp32-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
         --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
+    # the same at full length (all training images, 8 epochs, as the shipped model's first stage):
+    python scripts/recipe_probe.py full-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
+        --config '{"deconv_channels": 64, "decoder_hidden": 1024}' --n 50000 --epochs 8
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
