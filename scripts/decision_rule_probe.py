@@ -13,6 +13,13 @@ The rules: the argmin of each distance; RMSE plus a KL weight (a fixed grid); a 
 offset on the RMSE with a learned scale (a logistic fit of ``-s * rmse + b``); and linear
 heads on the stacked, standardised features. Validation split only.
 
+Gated rules also read the selector's class on the *input* (what a defense that holds the target
+classifier could consult before purifying): take the input's class when its candidate is within
+``tau`` in RMSE of the nearest (a grid in :data:`GATE_MARGINS`), or when the selector's softmax
+confidence on the input is at least ``p`` (:data:`GATE_CONFIDENCES`), else the nearest. The FGSM is
+computed on the undefended selector, so this is the gray-box trade-off only: an attacker who knows
+the gate needs only to bring the wrong class within the margin, which can only lower the FGSM column.
+
 Usage:
     python scripts/decision_rule_probe.py hub/puvae-fashion-mnist --dataset fashion-mnist \\
         --n 10000 --cache runs/rule-probe/fashion.pt --out runs/rule-probe/fashion.json
@@ -37,6 +44,8 @@ from puvae_defense.selection import default_selector_path
 
 FEATURES = ("rmse", "rmse_mu", "l1", "kl")
 KL_WEIGHTS = (1e-4, 3e-4, 1e-3, 3e-3)
+GATE_MARGINS = (0.002, 0.005, 0.01, 0.02, 0.05)
+GATE_CONFIDENCES = (0.999, 0.99, 0.9)
 CHUNK = 100
 FIT_STEPS = 500
 
@@ -46,7 +55,8 @@ Rule = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # features -> chosen c
 @torch.no_grad()
 def candidate_features(vae: PuVAE, selector: torch.nn.Module, images: torch.Tensor,
                        generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Per image and class ``(B, C)``: the distances of :data:`FEATURES` and the selector's reading."""
+    """Per image and class ``(B, C)``: the distances of :data:`FEATURES`, the selector's reading of
+    each candidate, and the selector's logits on the input itself (``input``)."""
     b, c = images.shape[0], vae.num_classes
     sampled = vae.candidates(images, 0.1, generator).reshape(b, c, -1).float()
     flat = images.reshape(b, 1, -1).float()
@@ -57,7 +67,8 @@ def candidate_features(vae: PuVAE, selector: torch.nn.Module, images: torch.Tens
             "rmse_mu": (decoded_mu - flat).pow(2).mean(-1).sqrt(),
             "l1": (sampled - flat).abs().mean(-1),
             "kl": gaussian_kl(mu, sigma, "sum").view(b, c),
-            "read": selector(sampled.reshape(b * c, *images.shape[1:])).argmax(-1).view(b, c)}
+            "read": selector(sampled.reshape(b * c, *images.shape[1:])).argmax(-1).view(b, c),
+            "input": selector(images).float()}
 
 
 def fit_offset_rule(rmse: torch.Tensor, labels: torch.Tensor) -> tuple[Rule, dict[str, object]]:
@@ -91,6 +102,23 @@ def fit_linear_rule(features: dict[str, torch.Tensor], labels: torch.Tensor, nam
     return lambda f: head((stack(f) - mean) / std).argmax(1).detach()
 
 
+def margin_gate(tau: float) -> Rule:
+    """The input's class when its candidate is within ``tau`` in RMSE of the nearest, else the nearest."""
+    def rule(f: dict[str, torch.Tensor]) -> torch.Tensor:
+        nearest, own = f["rmse"].argmin(1), f["input"].argmax(1)
+        gap = f["rmse"].gather(1, own[:, None])[:, 0] - f["rmse"].min(1).values
+        return torch.where(gap <= tau, own, nearest)
+    return rule
+
+
+def confidence_gate(p: float) -> Rule:
+    """The input's class when the selector's softmax confidence on the input is at least ``p``, else the nearest."""
+    def rule(f: dict[str, torch.Tensor]) -> torch.Tensor:
+        confidence, own = f["input"].softmax(1).max(1)
+        return torch.where(confidence >= p, own, f["rmse"].argmin(1))
+    return rule
+
+
 def score(rule: Rule, features: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
     """Projection accuracy and the selector's accuracy on the chosen candidate (%)."""
     chosen = rule(features)
@@ -117,8 +145,16 @@ def compare_rules(clean: dict[str, torch.Tensor], attacked: dict[str, torch.Tens
     rules["linear(log rmse)"] = fit_linear_rule(fit_features, fit_labels, ("rmse",), torch.log)
     rules["linear(rmse, kl)"] = fit_linear_rule(fit_features, fit_labels, ("rmse", "kl"))
     rules["linear(all four)"] = fit_linear_rule(fit_features, fit_labels, FEATURES)
+    for tau in GATE_MARGINS:
+        rules[f"input's class if within {tau:g} rmse of the nearest"] = margin_gate(tau)
+    for p in GATE_CONFIDENCES:
+        rules[f"input's class if the selector's confidence >= {p:g}"] = confidence_gate(p)
+    rules["input's class (the gate always open)"] = lambda f: f["input"].argmax(1)
     rules["true class (not available to a defense)"] = lambda f: labels[test_part]
+    undefended = {name: round(100 * float((f["input"].argmax(1) == labels[test_part]).float().mean()), 2)
+                  for name, f in (("clean", half(clean, test_part)), ("fgsm", half(attacked, test_part)))}
     return {"fit_images": n - n // 2, "scored_images": n // 2, "offset_fit": offsets,
+            "selector_undefended": undefended,
             "rules": {name: {"clean": score(rule, half(clean, test_part), labels[test_part]),
                              "fgsm": score(rule, half(attacked, test_part), labels[test_part])}
                       for name, rule in rules.items()}}
@@ -160,6 +196,9 @@ def main() -> None:
         data = torch.load(args.cache)
         if len(data["labels"]) != args.n:
             parser.error(f"--cache {args.cache} holds {len(data['labels'])} images, not --n {args.n}")
+        if "input" not in data["clean"]:
+            parser.error(f"--cache {args.cache} predates the gated rules (no selector logits on the inputs): "
+                         "delete it to collect again")
     else:
         vae = PuVAE.from_pretrained(args.model).float().eval()
         selector = PaperClassifier.from_pretrained(args.selector or default_selector_path(args.dataset)).float().eval()
