@@ -92,6 +92,11 @@ Usage (the probe table of docs/training.md):
     # the same at full length (all training images, 8 epochs, as the shipped model's first stage):
     python scripts/recipe_probe.py full-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
         --config '{"deconv_channels": 64, "decoder_hidden": 1024}' --n 50000 --epochs 8
+    # a stronger source from scratch (the source classifier trained 20 epochs, 92.28% on validation:
+    # puvae-defense train-classifier --dataset fashion-mnist --arch source --epochs 20 --seed 0
+    #     --out runs/fashion-probes/source-20ep), beside the control run again on the same machine:
+    python scripts/recipe_probe.py fp32-kl03-source20 --source runs/fashion-probes/source-20ep
+    python scripts/recipe_probe.py fp32-kl03-rerun
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
