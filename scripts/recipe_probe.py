@@ -97,6 +97,9 @@ Usage (the probe table of docs/training.md):
     #     --out runs/fashion-probes/source-20ep), beside the control run again on the same machine:
     python scripts/recipe_probe.py fp32-kl03-source20 --source runs/fashion-probes/source-20ep
     python scripts/recipe_probe.py fp32-kl03-rerun
+    python scripts/recipe_probe.py fp32-kl03-lat16 --config '{"latent_dim": 16}'
+    python scripts/recipe_probe.py fp32-kl03-lat64-warm1 '{"kl_warmup_epochs": 1.0}' --config '{"latent_dim": 64}'
+    python scripts/recipe_probe.py fp32-kl3 '{"lambda_kl": 3.0}'
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
