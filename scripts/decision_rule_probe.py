@@ -105,8 +105,8 @@ def fit_linear_rule(features: dict[str, torch.Tensor], labels: torch.Tensor, nam
 def margin_gate(tau: float) -> Rule:
     """The input's class when its candidate is within ``tau`` in RMSE of the nearest, else the nearest."""
     def rule(f: dict[str, torch.Tensor]) -> torch.Tensor:
-        nearest, own = f["rmse"].argmin(1), f["input"].argmax(1)
-        gap = f["rmse"].gather(1, own[:, None])[:, 0] - f["rmse"].min(1).values
+        (nearest_rmse, nearest), own = f["rmse"].min(1), f["input"].argmax(1)
+        gap = f["rmse"].gather(1, own[:, None])[:, 0] - nearest_rmse
         return torch.where(gap <= tau, own, nearest)
     return rule
 
@@ -119,12 +119,16 @@ def confidence_gate(p: float) -> Rule:
     return rule
 
 
+def percent(right: torch.Tensor) -> float:
+    """The share of ``True`` in a boolean tensor, in percent to two decimals."""
+    return round(100 * float(right.float().mean()), 2)
+
+
 def score(rule: Rule, features: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
     """Projection accuracy and the selector's accuracy on the chosen candidate (%)."""
     chosen = rule(features)
     read = features["read"].gather(1, chosen[:, None])[:, 0]
-    return {"projection": round(100 * float((chosen == labels).float().mean()), 2),
-            "selector": round(100 * float((read == labels).float().mean()), 2)}
+    return {"projection": percent(chosen == labels), "selector": percent(read == labels)}
 
 
 def half(features: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:
@@ -150,13 +154,12 @@ def compare_rules(clean: dict[str, torch.Tensor], attacked: dict[str, torch.Tens
     for p in GATE_CONFIDENCES:
         rules[f"input's class if the selector's confidence >= {p:g}"] = confidence_gate(p)
     rules["input's class (the gate always open)"] = lambda f: f["input"].argmax(1)
-    rules["true class (not available to a defense)"] = lambda f: labels[test_part]
-    undefended = {name: round(100 * float((f["input"].argmax(1) == labels[test_part]).float().mean()), 2)
-                  for name, f in (("clean", half(clean, test_part)), ("fgsm", half(attacked, test_part)))}
+    test_labels = labels[test_part]
+    rules["true class (not available to a defense)"] = lambda f: test_labels
+    scored = {"clean": half(clean, test_part), "fgsm": half(attacked, test_part)}
     return {"fit_images": n - n // 2, "scored_images": n // 2, "offset_fit": offsets,
-            "selector_undefended": undefended,
-            "rules": {name: {"clean": score(rule, half(clean, test_part), labels[test_part]),
-                             "fgsm": score(rule, half(attacked, test_part), labels[test_part])}
+            "selector_undefended": {kind: percent(f["input"].argmax(1) == test_labels) for kind, f in scored.items()},
+            "rules": {name: {kind: score(rule, f, test_labels) for kind, f in scored.items()}
                       for name, rule in rules.items()}}
 
 
