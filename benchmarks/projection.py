@@ -27,6 +27,7 @@ import torch
 
 from puvae_defense import PuVAE, PuVAEConfig, PurifiedClassifier
 from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+from puvae_defense.kernels import KERNEL_ENV, triton_available
 
 
 def multiply_adds(config: PuVAEConfig) -> tuple[int, int]:
@@ -134,6 +135,8 @@ def bench_shape(shape: tuple[int, int, int], device: torch.device, batch: int, r
     methods["purified_classifier_end_to_end"] = lambda: defended(x)
     if device.type == "cuda":
         methods["batched_torch_select"] = lambda: model.project(x, sigma_eps=0.1, backend="torch")
+        if triton_available():  # named, so that the row holds whatever $PUVAE_DEFENSE_KERNEL says
+            methods["batched_triton_select"] = lambda: model.project(x, sigma_eps=0.1, backend="triton")
         methods["batched_tf32"] = lambda: _with_tf32(lambda: model.project(x, sigma_eps=0.1))
         methods["batched_bf16_autocast"] = lambda: _with_bf16(lambda: model.project(x, sigma_eps=0.1))
     times: dict[str, list[float]] = {name: [] for name in methods}
@@ -186,6 +189,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "fp32_matmul_gflops_2048": gemm,
+        "selection_backend": os.environ.get(KERNEL_ENV, "auto"),  # what "batched" and the end-to-end rows used
         "note": "median wall time per batch of random images, paper-size PuVAE, sigma_eps=0.1, fp32 (no TF32)",
         "cases": [bench_shape(shape, device, args.batch, args.repeats) for shape in [(1, 28, 28), (3, 32, 32)]],
     }

@@ -87,9 +87,12 @@ def test_auto_uses_reference_for_cpu_and_for_gradients() -> None:
 def test_triton_refuses_autograd() -> None:
     if not triton_available():
         pytest.skip("needs triton")
-    inputs = torch.rand(2, 8, requires_grad=True)
+    # On a CUDA machine the CPU interpreter is off, so the tensors must be where the kernel runs
+    # (else the device check answers first).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    inputs = torch.rand(2, 8, device=device, requires_grad=True)
     with pytest.raises(ValueError, match="autograd"):
-        select_closest(inputs, torch.rand(2, 3, 8), backend="triton")
+        select_closest(inputs, torch.rand(2, 3, 8, device=device), backend="triton")
 
 
 def test_triton_on_cpu_without_interpreter(monkeypatch) -> None:
