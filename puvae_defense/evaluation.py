@@ -256,9 +256,10 @@ class EvaluationProgress:
 
     The file (JSON, written atomically) holds per classifier the images done, the counts,
     per-image results and timings so far and the state of every defense's noise generator,
-    and the wall-clock seconds spent on what it records: the resumed run gives the numbers of
-    the run that was not stopped, and its time is the sum of its pieces (work lost after a
-    piece's last batch is not counted; it is done again). It belongs to one run (settings but the
+    the wall-clock seconds spent on what it records and the devices its pieces ran on: the
+    resumed run gives the numbers of the run that was not stopped, its time is the sum of its
+    pieces (work lost after a piece's last batch is not counted; it is done again) and its device
+    is every device that did some of the work (a piece that only writes the report adds none). It belongs to one run (settings but the
     image count, attack parameters, every model's weights and configuration); another run's
     file is an error, not a silent mix. The image count may grow between runs when the run
     stopped on a whole batch.
@@ -273,6 +274,8 @@ class EvaluationProgress:
         self._state: dict[str, Any] = {}
         self.seconds_before: float | None = 0.0
         """Wall-clock seconds of the earlier pieces; ``None`` for a file written before they were recorded."""
+        self.devices: list[str] = []
+        """The devices the recorded batches ran on, first used first (none for a file written before they were recorded)."""
 
     def bind(self, key: dict[str, Any]) -> None:
         """Tie the file to one run; a file written by another run raises ``ValueError``."""
@@ -285,6 +288,7 @@ class EvaluationProgress:
                                  "use another file or delete it")
             self._state = saved["classifiers"]
             self.seconds_before = saved.get("seconds")
+            self.devices = list(saved.get("devices", []))
 
     def resume(self, name: str, size: int, batch_size: int, gens: Mapping[str, torch.Generator]
                ) -> tuple[int, dict[str, int], dict[str, float], dict[str, list[bool]] | None]:
@@ -306,16 +310,19 @@ class EvaluationProgress:
 
     def save(self, name: str, done: int, counts: Mapping[str, int], timings: Mapping[str, float],
              gens: Mapping[str, torch.Generator], seconds: float | None,
-             hits: Mapping[str, Sequence[bool]] | None = None) -> None:
+             hits: Mapping[str, Sequence[bool]] | None = None, device: str | None = None) -> None:
         """Record classifier ``name`` after ``done`` images, ``seconds`` into the whole run (``None``:
-        unknown), with the per-image results when they are known."""
+        unknown), with the per-image results when they are known and the device of the batch."""
+        if device is not None and device not in self.devices:
+            self.devices.append(device)
         self._state[name] = {"done": done, "counts": dict(counts), "timings": dict(timings),
                              **({} if hits is None else {"hits": {key: pack_hits(bits) for key, bits in hits.items()}}),
                              "generators": {label: base64.b64encode(g.get_state().numpy().tobytes()).decode()
                                             for label, g in gens.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        record = {"key": self._key, "classifiers": self._state, **({} if seconds is None else {"seconds": seconds})}
+        record = {"key": self._key, "classifiers": self._state, **({} if seconds is None else {"seconds": seconds}),
+                  **({"devices": self.devices} if self.devices else {})}
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, self.path)
 
@@ -354,6 +361,13 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
 def _defended_logits(defended: PurifiedClassifier, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     with torch.no_grad():
         return defended.classify_purified(defended.purify(images, generator=generator).purified)
+
+
+def _device_name(device: torch.device) -> str:
+    """A report's name for ``device``: the GPU's model, or the CPU's architecture and threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _device_of(defended: PurifiedClassifier) -> torch.device:
@@ -466,6 +480,7 @@ def evaluate(
     settings = settings or EvalSettings()
     params = settings.params
     device = _device_of(next(iter(next(iter(defenses.values())).values())))
+    device_name = _device_name(device)
     size = len(dataset) if settings.limit is None else min(settings.limit, len(dataset))
     adaptive_size = min(settings.adaptive_limit, size)
     started = time.perf_counter()
@@ -526,7 +541,7 @@ def evaluate(
                         _count(timings, f"{label}/{attack}", time.perf_counter() - tic)
                         score(f"{label}/{attack}", _defended_logits(model, x_adv, gens[label]), y_a)
             if checkpoint is not None:
-                checkpoint.save(name, start + x.shape[0], counts, timings, gens, elapsed(), hits)
+                checkpoint.save(name, start + x.shape[0], counts, timings, gens, elapsed(), hits, device_name)
             bar.update(x.shape[0])
         bar.close()
         percent = partial(_percent, counts, n=size)
@@ -552,7 +567,7 @@ def evaluate(
         "wall_seconds": time.perf_counter() - started if before is None else elapsed(),
         **({"resumed": {"file": str(checkpoint.path), "images_done_before": resumed, "whole_run_timed": before is not None}}
            if resumed and checkpoint else {}),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": " + ".join(checkpoint.devices) if checkpoint is not None and checkpoint.devices else device_name,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -291,6 +291,28 @@ def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> No
     assert "per_image" not in old["classifiers"]["A"]
 
 
+def test_a_resumed_report_names_the_devices_that_did_the_work(tiny_vae: PuVAE, tmp_path) -> None:
+    from puvae_defense.evaluation import EvaluationProgress
+
+    nets, defended = _setup(tiny_vae)
+    data = synthetic_dataset(16)
+    settings = EvalSettings(attacks=("FGSM",), adaptive=(), limit=16, batch_size=8, overrides=QUICK)
+    path = tmp_path / "progress.json"
+    here = evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
+                    checkpoint=EvaluationProgress(path))["meta"]["device"]
+    record = json.loads(path.read_text())
+    assert record["devices"] == [here]
+    # the first piece ran elsewhere: a piece that only writes the report names that device alone,
+    # one that does some of the work names both, in the order they ran
+    path.write_text(json.dumps({**record, "devices": ["NVIDIA H200"]}))
+    only_report = evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
+                           checkpoint=EvaluationProgress(path))
+    assert only_report["meta"]["device"] == "NVIDIA H200"
+    both = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    assert both["meta"]["device"] == f"NVIDIA H200 + {here}"
+    assert json.loads(path.read_text())["devices"] == ["NVIDIA H200", here]
+
+
 def test_report_says_which_images_each_cell_got_right(tiny_vae: PuVAE) -> None:
     from puvae_defense.evaluation import pack_hits, unpack_hits
 
