@@ -89,10 +89,9 @@ def test_triton_refuses_autograd() -> None:
         pytest.skip("needs triton")
     # On a CUDA machine the CPU interpreter is off, so the tensors must be where the kernel runs
     # (else the device check answers first).
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    inputs = torch.rand(2, 8, device=device, requires_grad=True)
+    inputs = torch.rand(2, 8, device=DEVICE, requires_grad=True)
     with pytest.raises(ValueError, match="autograd"):
-        select_closest(inputs, torch.rand(2, 3, 8, device=device), backend="triton")
+        select_closest(inputs, torch.rand(2, 3, 8, device=DEVICE), backend="triton")
 
 
 def test_triton_on_cpu_without_interpreter(monkeypatch) -> None:
