@@ -18,8 +18,9 @@
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
 # STAGES="tests bench gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
-# results/NAME.progress.json in the bundle; carry those files back as .gpu/progress/ and the
-# next session's same evaluation resumes where the time limit stopped this one. The bundled weights the stages do not read can stay behind when
+# results/NAME.progress.json in the bundle; commit them to docs/results/progress/ (or carry
+# them as .gpu/progress/) and the next session's same evaluation resumes where the time limit
+# stopped this one (a finished one only writes its report again). The bundled weights the stages do not read can stay behind when
 # the tree is too large to send: scripts/device_tree.sh stash / restore.
 set -u
 OUT=${OUT:?set OUT}
@@ -39,7 +40,11 @@ tar xzf .gpu/mnist-raw.tar.gz -C "$WORK/data/MNIST/raw"
 if [ -f .gpu/fashion-mnist-test.tar.gz ]; then
     mkdir -p "$WORK/data/FashionMNIST/raw" && tar xzf .gpu/fashion-mnist-test.tar.gz -C "$WORK/data/FashionMNIST/raw"
 fi
-if [ -d .gpu/progress ]; then cp .gpu/progress/*.progress.json "$WORK/results/" 2>/dev/null; fi
+# Earlier sessions' progress: committed (docs/results/progress), then any carried back since
+# (.gpu/progress). Not for a smoke run: its settings differ, and a progress file refuses them.
+for dir in docs/results/progress .gpu/progress; do
+    if [ -z "$SMOKE" ] && [ -d $dir ]; then cp $dir/*.progress.json "$WORK/results/" 2>/dev/null; fi
+done
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 stamp() { echo "[$(date +%T)] $*" | tee -a "$WORK/logs/session.log"; }
 wants() { [[ " $STAGES " == *" $1 "* ]]; }
