@@ -216,3 +216,7 @@ def test_gpu_speed_reads_the_cuda_benchmark_or_says_there_is_none(render, tmp_pa
     mnist, cifar = [line for line in text.splitlines() if line.startswith(("| 1x28x28", "| 3x32x32"))]
     assert f"| {bench['cases'][0]['speedup_batched_vs_loop']:.1f}x |" in mnist and "| 1.25 |" in mnist
     assert "| - |" in cifar  # a row the run did not time reads as a dash
+    assert "predates" not in text
+    del bench["selection_backend"]  # a run from before the field: said, not guessed
+    (tmp_path / "benchmark_projection_cuda.json").write_text(json.dumps(bench))
+    assert "That run predates recording `PUVAE_DEFENSE_KERNEL`" in render.gpu_speed()
