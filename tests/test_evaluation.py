@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -261,19 +263,29 @@ def test_a_stopped_evaluation_resumes_to_the_numbers_of_one_run(tiny_vae: PuVAE,
     assert again["classifiers"]["A"]["gray_box"] == straight["classifiers"]["A"]["gray_box"]
 
 
-def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> None:
+def _first_half(tiny_vae: PuVAE, path: Path) -> tuple[Callable[[int], dict], dict]:
+    """A 16-image FGSM evaluation stopped after its first batch of 8 at ``path``: ``(run, report)``,
+    where ``run(limit)`` resumes it from ``path`` up to ``limit`` images."""
     from puvae_defense.evaluation import EvaluationProgress
 
     nets, defended = _setup(tiny_vae)
     data = synthetic_dataset(16)
     settings = EvalSettings(attacks=("FGSM",), adaptive=(), limit=16, batch_size=8, overrides=QUICK)
+
+    def run(limit: int) -> dict:
+        return evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": limit}), progress=False,
+                        checkpoint=EvaluationProgress(path))
+
+    return run, run(8)
+
+
+def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> None:
     path = tmp_path / "progress.json"
-    first = evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
-                     checkpoint=EvaluationProgress(path))
+    run, first = _first_half(tiny_vae, path)
     record = json.loads(path.read_text())
     assert 0 < record["seconds"] <= first["meta"]["wall_seconds"]
     path.write_text(json.dumps({**record, "seconds": 1000.0}))  # as if the first piece had taken 1,000 s
-    resumed = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    resumed = run(16)
     assert resumed["meta"]["resumed"]["whole_run_timed"] is True
     assert 1000.0 < resumed["meta"]["wall_seconds"] < 1000.0 + 600
     assert json.loads(path.read_text())["seconds"] == pytest.approx(resumed["meta"]["wall_seconds"], abs=60)
@@ -283,7 +295,7 @@ def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> No
     del record["seconds"]
     del record["classifiers"]["A"]["hits"]
     path.write_text(json.dumps(record))
-    old = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
+    old = run(16)
     assert old["meta"]["resumed"]["whole_run_timed"] is False
     assert old["meta"]["wall_seconds"] < 600
     assert "seconds" not in json.loads(path.read_text())
@@ -292,24 +304,16 @@ def test_a_resumed_evaluation_times_every_piece(tiny_vae: PuVAE, tmp_path) -> No
 
 
 def test_a_resumed_report_names_the_devices_that_did_the_work(tiny_vae: PuVAE, tmp_path) -> None:
-    from puvae_defense.evaluation import EvaluationProgress
-
-    nets, defended = _setup(tiny_vae)
-    data = synthetic_dataset(16)
-    settings = EvalSettings(attacks=("FGSM",), adaptive=(), limit=16, batch_size=8, overrides=QUICK)
     path = tmp_path / "progress.json"
-    here = evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
-                    checkpoint=EvaluationProgress(path))["meta"]["device"]
+    run, first = _first_half(tiny_vae, path)
+    here = first["meta"]["device"]
     record = json.loads(path.read_text())
     assert record["devices"] == [here]
     # the first piece ran elsewhere: a piece that only writes the report names that device alone,
     # one that does some of the work names both, in the order they ran
     path.write_text(json.dumps({**record, "devices": ["NVIDIA H200"]}))
-    only_report = evaluate(nets, defended, data, EvalSettings(**{**settings.__dict__, "limit": 8}), progress=False,
-                           checkpoint=EvaluationProgress(path))
-    assert only_report["meta"]["device"] == "NVIDIA H200"
-    both = evaluate(nets, defended, data, settings, progress=False, checkpoint=EvaluationProgress(path))
-    assert both["meta"]["device"] == f"NVIDIA H200 + {here}"
+    assert run(8)["meta"]["device"] == "NVIDIA H200"
+    assert run(16)["meta"]["device"] == f"NVIDIA H200 + {here}"
     assert json.loads(path.read_text())["devices"] == ["NVIDIA H200", here]
 
 
