@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # One session on a lent GPU machine (the `device` tool), run from the repository root. The
 # device time of a task is 15 minutes in all, 10 per command: run this once, with
-# BUDGET a little under the command's timeout. Stages, in order, each skipped when too
-# little time is left, results bundled into $OUT after each:
+# BUDGET a little under the command's timeout (the first session: timeout 600, BUDGET 570,
+# about 40 s of start-up). While the machine is still warm (30 s) and more than 4 minutes are
+# left, run it again at once with the progress files it bundled in .gpu/progress, STAGES
+# naming what is left and BUDGET about the time left less 60 s (the first session: 215 s,
+# which finished Table 2's B column and 400 BPDA images). Stages, in order, each skipped when
+# too little time is left, results bundled into $OUT after each:
 #   tests    the kernel and model tests on CUDA (Triton compiled for the GPU);
 #   bench    benchmarks/projection.py on CUDA;
 #   gan-eval the bundled defense-gan-mnist (the generator of the CPU columns) at the paper's
