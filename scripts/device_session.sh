@@ -92,7 +92,10 @@ if wants tests; then
     stamp "tests on CUDA"
     timeout 150 python3 -m pytest -q -p no:cacheprovider -W default tests/test_kernels.py tests/test_model.py ${SMOKE:+-k "not 3072"} > "$WORK/logs/pytest_cuda.log" 2>&1
     stamp "pytest exit $?"
-    if ! grep -q "passed" "$WORK/logs/pytest_cuda.log" || grep -q "FAILED tests/test_kernels" "$WORK/logs/pytest_cuda.log"; then
+    # Only a kernel that computes wrong answers moves the session to the torch reference (a
+    # failed test of an error message, as in the first session, does not).
+    wrong='FAILED tests/test_kernels.py::(test_triton_matches_reference|test_ties_go_to_the_lowest_index|test_triton_empty_batch)'
+    if ! grep -q "passed" "$WORK/logs/pytest_cuda.log" || grep -Eq "$wrong" "$WORK/logs/pytest_cuda.log"; then
         export PUVAE_DEFENSE_KERNEL=torch   # keep the other stages alive on the reference path
         stamp "kernel tests failed: using the torch reference for the rest of the session"
     fi
