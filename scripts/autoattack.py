@@ -6,15 +6,17 @@ defence is not randomised and the gradient attacks need no EOT): APGD-CE, APGD-T
 10), then Square with 5,000 queries, each attack on the images still classified correctly.
 ``--gradients bpda`` gives the gradient attacks BPDA gradients instead of the full ones.
 Square uses only the model's outputs (gradient-free), so it is also run on its own.
+``--squeeze`` attacks PuVAE behind 1-bit squeezing (the *PuVAE + bit squeezing* column; its
+rounding passes the gradient straight through) and writes ``..._squeeze.json``.
 
 The first ``--images`` test images are attacked in chunks of ``--chunk``; each finished chunk
 is appended to a work file under ``--work`` (named by the settings and the purifier's
 weights), so a run stopped by ``--time-budget`` or killed resumes where it stopped, across
 sessions. The report counts the chunks finished so far (always a prefix of the test set).
 
-    python scripts/autoattack.py --images 200 [--classifier A] [--gradients full|bpda] [--time-budget 1800]
+    python scripts/autoattack.py --images 200 [--classifier A] [--gradients full|bpda] [--squeeze] [--time-budget 1800]
 
-Writes docs/results/autoattack_mnist_<classifier>.json with robust accuracies and Wilson 95% intervals.
+Writes docs/results/autoattack_mnist_<classifier>[_squeeze].json with robust accuracies and Wilson 95% intervals.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torchattacks
 
 from puvae_defense import PurifiedClassifier, PuVAE
 from puvae_defense.attacks import BPDA
+from puvae_defense.baselines import BitDepthSqueeze
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.evaluation import wilson_interval
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000, help="Square's query budget")
     parser.add_argument("--square-only", action="store_true",
                         help="run only Square on its own (gradient-free), not the AutoAttack suite")
+    parser.add_argument("--squeeze", action="store_true", help="1-bit squeezing before the purifier (straight-through)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--time-budget", type=float, default=None,
@@ -97,17 +101,20 @@ def main() -> None:
     device = torch.device(args.device)
     test = load_dataset("mnist", "test")
     net = PaperClassifier.from_pretrained(f"mnist-classifier-{args.classifier.lower()}", device=device)
-    defended = PurifiedClassifier(net, PuVAE.from_pretrained("puvae-mnist", device=device), sigma_eps=0.0).eval()
+    squeeze = BitDepthSqueeze(1) if args.squeeze else None
+    defended = PurifiedClassifier(net, PuVAE.from_pretrained("puvae-mnist", device=device), sigma_eps=0.0,
+                                  input_transform=squeeze).eval()
     gradient_model = defended if args.gradients == "full" else BPDA(lambda x: defended.purify(x).purified,
                                                                       defended.classify_purified).eval()
     attacks = suite(gradient_model, defended, args.eps, args.steps, args.queries, args.seed)
     fingerprint = weights_fingerprint(defended.purifier)
     settings = {"classifier": args.classifier, "eps": args.eps, "gradients": args.gradients, "steps": args.steps,
                 "square_queries": args.queries, "square_only": args.square_only, "seed": args.seed,
-                "chunk": args.chunk, "purifier_fingerprint": fingerprint, "torchattacks": torchattacks.__version__}
+                "chunk": args.chunk, "purifier_fingerprint": fingerprint, "torchattacks": torchattacks.__version__,
+                **({"input_transform": repr(squeeze)} if squeeze is not None else {})}
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / (f"mnist-{args.classifier}-{args.gradients}{'-square' if args.square_only else ''}"
-                       f"-{fingerprint[:12]}.jsonl")
+                       f"{'-squeeze' if squeeze is not None else ''}-{fingerprint[:12]}.jsonl")
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     done = [r for r in done if r["settings"] == settings]
     for start in range(sum(r["n"] for r in done), args.images, args.chunk):  # the finished chunks are a prefix
@@ -141,7 +148,7 @@ def main() -> None:
         "max_linf": max((r["max_linf"] for r in done), default=0.0),
         "wall_seconds": sum(r["seconds"] for r in done), "device": str(device),
     }
-    out = args.out or Path(f"docs/results/autoattack_mnist_{args.classifier}.json")
+    out = args.out or Path(f"docs/results/autoattack_mnist_{args.classifier}{'_squeeze' if squeeze is not None else ''}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

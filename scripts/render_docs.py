@@ -324,7 +324,10 @@ def headline(dataset: str) -> str:
         if aa.get("purifier_fingerprint") != weights.get(("puvae", "purifier")):
             continue
         s_low, s_high = aa["square_alone_wilson95"]
-        square = (f"Square alone (gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "
+        # PuVAE's own results, or PuVAE behind another defense (its own column in the table above).
+        target = ("" if "input_transform" not in aa else
+                  f"on PuVAE + bit squeezing (`{aa['input_transform']}`, the rounding passed straight through), ")
+        square = (f"Square alone {target}(gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "
                   f"sigma_eps 0), classifier {aa['classifier']}, first {aa['square_alone_images']} test images: "
                   f"**{aa['square_alone_percent']:.1f}%** robust accuracy (95% interval {s_low:.1f}-{s_high:.1f}). "
                   f"`{aa['command']}` ({aa['wall_seconds'] / 60:.0f} min).")
@@ -332,7 +335,7 @@ def headline(dataset: str) -> str:
             lines += ["", square + " The full AutoAttack suite has not been run on this purifier yet."]
             continue
         low, high = aa["autoattack_wilson95"]
-        lines += ["", f"AutoAttack (RobustBench's standard suite from torchattacks {aa['torchattacks']}: APGD-CE, APGD-T, "
+        lines += ["", f"AutoAttack {target}(RobustBench's standard suite from torchattacks {aa['torchattacks']}: APGD-CE, APGD-T, "
                   f"FAB-T with {aa['steps']} iterations and {aa['gradients']} gradients, then Square with "
                   f"{aa['square_queries']:,} queries; sigma_eps 0), classifier {aa['classifier']}, first {aa['images']} test "
                   f"images: **{aa['autoattack_percent']:.1f}%** robust accuracy (95% interval {low:.1f}-{high:.1f}; "

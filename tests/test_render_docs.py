@@ -220,3 +220,15 @@ def test_gpu_speed_reads_the_cuda_benchmark_or_says_there_is_none(render, tmp_pa
     del bench["selection_backend"]  # a run from before the field: said, not guessed
     (tmp_path / "benchmark_projection_cuda.json").write_text(json.dumps(bench))
     assert "That run predates recording `PUVAE_DEFENSE_KERNEL`" in render.gpu_speed()
+
+
+def test_autoattack_on_puvae_behind_squeezing_is_labelled_as_such(render, tmp_path) -> None:
+    shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_mnist_A.json")
+    plain = _copy(tmp_path, "autoattack_mnist_A.json", "autoattack_mnist_A.json")
+    text = render.headline("mnist")
+    assert "AutoAttack (RobustBench's" in text and "bit squeezing (`" not in text
+    (tmp_path / "autoattack_mnist_A_squeeze.json").write_text(
+        json.dumps({**plain, "input_transform": "BitDepthSqueeze(bits=1, straight_through=True)"}))
+    text = render.headline("mnist")
+    assert "AutoAttack (RobustBench's" in text  # PuVAE's own result stays as it was
+    assert "AutoAttack on PuVAE + bit squeezing (`BitDepthSqueeze(bits=1, straight_through=True)`" in text
