@@ -326,7 +326,7 @@ def headline(dataset: str) -> str:
         s_low, s_high = aa["square_alone_wilson95"]
         # PuVAE's own results, or PuVAE behind another defense (its own column in the table above).
         target = ("" if "input_transform" not in aa else
-                  f"on PuVAE + bit squeezing (`{aa['input_transform']}`, the rounding passed straight through), ")
+                  f"on PuVAE + bit squeezing, `{aa['input_transform']}` in front with its rounding passed straight through ")
         square = (f"Square alone {target}(gradient-free, {aa['square_queries']:,} queries, torchattacks {aa['torchattacks']}; "
                   f"sigma_eps 0), classifier {aa['classifier']}, first {aa['square_alone_images']} test images: "
                   f"**{aa['square_alone_percent']:.1f}%** robust accuracy (95% interval {s_low:.1f}-{s_high:.1f}). "

@@ -231,4 +231,4 @@ def test_autoattack_on_puvae_behind_squeezing_is_labelled_as_such(render, tmp_pa
         json.dumps({**plain, "input_transform": "BitDepthSqueeze(bits=1, straight_through=True)"}))
     text = render.headline("mnist")
     assert "AutoAttack (RobustBench's" in text  # PuVAE's own result stays as it was
-    assert "AutoAttack on PuVAE + bit squeezing (`BitDepthSqueeze(bits=1, straight_through=True)`" in text
+    assert "AutoAttack on PuVAE + bit squeezing, `BitDepthSqueeze(bits=1, straight_through=True)` in front" in text
