@@ -21,11 +21,15 @@ def render(tmp_path, monkeypatch):
     return module
 
 
+def _write(tmp_path: Path, name: str, report: dict) -> None:
+    (tmp_path / name).write_text(json.dumps(report))
+
+
 def _copy(tmp_path: Path, name: str, as_name: str, dataset: str | None = None) -> dict:
     report = json.loads((RESULTS / name).read_text())
     if dataset is not None:
         report["meta"]["settings"]["dataset"] = dataset
-    (tmp_path / as_name).write_text(json.dumps(report))
+    _write(tmp_path, as_name, report)
     return report
 
 
@@ -50,7 +54,7 @@ def test_reports_on_the_wrong_dataset_or_disagreeing_are_refused(render, tmp_pat
     shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_a.json")
     report = _copy(tmp_path, "table2_magnet_mnist.json", "table2_b.json")
     report["classifiers"]["A"]["gray_box"]["FGSM"]["no_defense"] += 1.0
-    (tmp_path / "table2_b.json").write_text(json.dumps(report))
+    _write(tmp_path, "table2_b.json", report)
     with pytest.raises(SystemExit, match="Table 2 reports disagree on A/FGSM"):
         render.headline("mnist")
 
@@ -59,10 +63,10 @@ def test_table6_says_when_its_puvae_row_is_from_other_weights(render, tmp_path) 
     table2 = _copy(tmp_path, "table2_mnist_A.json", "table2_mnist_A.json")
     report = _copy(tmp_path, "benchmark_defenses_cpu.json", "benchmark_defenses_cpu.json")
     report["weights_fingerprint"]["puvae"] = table2["meta"]["defense_sources"]["puvae"]["fingerprint"]
-    (tmp_path / "benchmark_defenses_cpu.json").write_text(json.dumps(report))
+    _write(tmp_path, "benchmark_defenses_cpu.json", report)
     assert "earlier" not in render.defenses_speed()
     report["weights_fingerprint"]["puvae"] = "0" * 64
-    (tmp_path / "benchmark_defenses_cpu.json").write_text(json.dumps(report))
+    _write(tmp_path, "benchmark_defenses_cpu.json", report)
     assert "PuVAE's row measured on earlier `puvae-mnist` weights" in render.defenses_speed()
 
 
@@ -123,19 +127,19 @@ def test_inference_noise_table_sets_each_sigma_beside_the_paper_setting(render, 
     other = json.loads(json.dumps(table3))
     other["meta"]["settings"]["sigma_eps"] = 0.3
     other["classifiers"]["A"]["clean_through"]["puvae"] = 12.34
-    (tmp_path / "sigma0.3_fashion-mnist_A.json").write_text(json.dumps(other))
+    _write(tmp_path, "sigma0.3_fashion-mnist_A.json", other)
     text = render.inference_noise("fashion-mnist")
     rows = [line for line in text.splitlines() if line.startswith("| A |")]
     paper_fgsm = table3["classifiers"]["A"]["gray_box"]["FGSM"]["puvae"]
     assert rows[0].startswith(f"| A | 0.1 | {table3['classifiers']['A']['clean_through']['puvae']:.2f} | {paper_fgsm:.2f} (59.18) |")
     assert rows[1].startswith("| A | 0.3 | 12.34 |")
     # a report at another sigma_eps never merges into the paper's table itself
-    (tmp_path / "table3_fashion-mnist_A_sigma.json").write_text(json.dumps(other))
+    _write(tmp_path, "table3_fashion-mnist_A_sigma.json", other)
     with pytest.raises(SystemExit, match="different sigma_eps"):
         render.headline("fashion-mnist")
     (tmp_path / "table3_fashion-mnist_A_sigma.json").unlink()
     other["meta"]["defense_sources"]["puvae"]["fingerprint"] = "f" * 64
-    (tmp_path / "sigma0.3_fashion-mnist_A.json").write_text(json.dumps(other))
+    _write(tmp_path, "sigma0.3_fashion-mnist_A.json", other)
     with pytest.raises(SystemExit, match="other puvae-fashion-mnist weights"):
         render.inference_noise("fashion-mnist")
 
@@ -144,7 +148,7 @@ def test_an_undefended_cell_one_image_off_is_merged_and_said(render, tmp_path) -
     shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_a.json")
     report = _copy(tmp_path, "table2_magnet_mnist.json", "table2_b.json")
     report["classifiers"]["A"]["gray_box"]["iFGSM"]["no_defense"] += 0.01  # one image of 10,000
-    (tmp_path / "table2_b.json").write_text(json.dumps(report))
+    _write(tmp_path, "table2_b.json", report)
     text = render.headline("mnist")
     assert "Undefended cells that differ by a few images between reports: A/iFGSM without defense" in text
 
@@ -159,7 +163,7 @@ def test_undefended_cells_from_other_hardware_tolerate_its_rounding(render, tmp_
     report = _copy(tmp_path, "table2_magnet_mnist.json", "table2_b.json")
     report["classifiers"]["A"]["gray_box"]["iFGSM"]["no_defense"] += 0.01 * images
     report["meta"]["device"] = device
-    (tmp_path / "table2_b.json").write_text(json.dumps(report))
+    _write(tmp_path, "table2_b.json", report)
     if merged:
         assert f"in `table2_magnet_mnist` ({device})" in render.headline("mnist")
     else:
@@ -210,7 +214,7 @@ def test_gpu_speed_reads_the_cuda_benchmark_or_says_there_is_none(render, tmp_pa
     bench = json.loads((RESULTS / "benchmark_projection_cuda.json").read_text())
     bench["selection_backend"] = "auto"
     bench["cases"][0]["median_ms"]["batched_triton_select"] = 1.25
-    (tmp_path / "benchmark_projection_cuda.json").write_text(json.dumps(bench))
+    _write(tmp_path, "benchmark_projection_cuda.json", bench)
     text = render.gpu_speed()
     assert f"on {bench['device']}" in text and "`PUVAE_DEFENSE_KERNEL` auto" in text
     mnist, cifar = [line for line in text.splitlines() if line.startswith(("| 1x28x28", "| 3x32x32"))]
@@ -218,7 +222,7 @@ def test_gpu_speed_reads_the_cuda_benchmark_or_says_there_is_none(render, tmp_pa
     assert "| - |" in cifar  # a row the run did not time reads as a dash
     assert "predates" not in text
     del bench["selection_backend"]  # a run from before the field: said, not guessed
-    (tmp_path / "benchmark_projection_cuda.json").write_text(json.dumps(bench))
+    _write(tmp_path, "benchmark_projection_cuda.json", bench)
     assert "That run predates recording `PUVAE_DEFENSE_KERNEL`" in render.gpu_speed()
 
 
@@ -226,9 +230,9 @@ def test_autoattack_on_puvae_behind_squeezing_is_labelled_as_such(render, tmp_pa
     shutil.copy(RESULTS / "table2_mnist_A.json", tmp_path / "table2_mnist_A.json")
     plain = _copy(tmp_path, "autoattack_mnist_A.json", "autoattack_mnist_A.json")
     text = render.headline("mnist")
-    assert "AutoAttack (RobustBench's" in text and "bit squeezing (`" not in text
-    (tmp_path / "autoattack_mnist_A_squeeze.json").write_text(
-        json.dumps({**plain, "input_transform": "BitDepthSqueeze(bits=1, straight_through=True)"}))
+    assert "AutoAttack (RobustBench's" in text and "on PuVAE + bit squeezing" not in text
+    _write(tmp_path, "autoattack_mnist_A_squeeze.json",
+           {**plain, "input_transform": "BitDepthSqueeze(bits=1, straight_through=True)"})
     text = render.headline("mnist")
     assert "AutoAttack (RobustBench's" in text  # PuVAE's own result stays as it was
     assert "AutoAttack on PuVAE + bit squeezing, `BitDepthSqueeze(bits=1, straight_through=True)` in front" in text
