@@ -427,12 +427,12 @@ def gpu_speed() -> str:
     ]
     for case in bench["cases"]:
         med = case["median_ms"]
-        cells = [f"{med[key]:.2f}" if key in med else "-" for key in
-                 ("batched", "per_class_loop")] + [f"{case['speedup_batched_vs_loop']:.1f}x"] + [
-                 f"{med[key]:.2f}" if key in med else "-" for key in
-                 ("batched_tf32", "batched_bf16_autocast", "batched_torch_select", "batched_triton_select")]
-        cells.append(f"{med['purified_classifier_end_to_end']:.2f} ({case['purified_classifier_images_per_second']:,.0f} "
-                     f"images/s, classifier {case['end_to_end_classifier']})")
+        ms = [f"{med[key]:.2f}" if key in med else "-" for key in  # a row the run did not time: a dash
+              ("batched", "per_class_loop", "batched_tf32", "batched_bf16_autocast", "batched_torch_select",
+               "batched_triton_select")]
+        cells = [*ms[:2], f"{case['speedup_batched_vs_loop']:.1f}x", *ms[2:],
+                 f"{med['purified_classifier_end_to_end']:.2f} ({case['purified_classifier_images_per_second']:,.0f} "
+                 f"images/s, classifier {case['end_to_end_classifier']})"]
         lines.append(f"| {'x'.join(map(str, case['image_shape']))} | " + " | ".join(cells) + " |")
     if "selection_backend" not in bench:  # the first GPU run, 2026-12-04, before the field existed
         lines += ["", "That run predates recording `PUVAE_DEFENSE_KERNEL`; its session log shows `torch`: two CUDA tests "
