@@ -84,41 +84,6 @@ def _with_bf16(fn: Callable[[], object]) -> object:
         return fn()
 
 
-def defense_gan_style(model: PuVAE, images: torch.Tensor, steps: int, restarts: int, lr: float = 0.1) -> torch.Tensor:
-    """Defense-GAN's reconstruction (Samangouei et al., 2018), for timing: ``restarts`` random
-    codes per image, ``steps`` Adam steps on ``||G(z) - x||^2``, keep the best. The generator
-    is PuVAE's decoder with a fixed label, the same size as the networks PuVAE runs."""
-    batch = images.shape[0]
-    target = images.repeat(restarts, 1, 1, 1)
-    labels = torch.zeros(batch * restarts, dtype=torch.long, device=images.device)
-    z = torch.randn(batch * restarts, model.config.latent_dim, device=images.device, requires_grad=True)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    for _ in range(steps):
-        with torch.enable_grad():
-            loss = (torch.sigmoid(model._decode_logits(z, labels)) - target).square().flatten(1).mean(1)
-            optimizer.zero_grad()
-            loss.sum().backward()
-        optimizer.step()
-    with torch.no_grad():
-        final = torch.sigmoid(model._decode_logits(z, labels))
-        best = (final - target).square().flatten(1).mean(1).view(restarts, batch).argmin(0)
-    return final.view(restarts, batch, *images.shape[1:])[best, torch.arange(batch)]
-
-
-def bench_defense_gan(device: torch.device, batch: int, steps: int, restarts: int) -> dict:
-    torch.manual_seed(0)
-    model = PuVAE().to(device).eval().requires_grad_(False)
-    x = torch.rand(batch, 1, 28, 28, device=device)
-    with torch.no_grad():
-        model.project(x[:8], 0.1)
-        batched_ms = statistics.median(median_ms(lambda: model.project(x, sigma_eps=0.1), device, 5))
-    seconds = median_ms(lambda: defense_gan_style(model, x, steps, restarts), device, 1)[0] / 1e3
-    return {"steps": steps, "restarts": restarts, "batch": batch, "defense_gan_style_seconds": seconds,
-            "puvae_batched_seconds": batched_ms / 1e3, "ratio": seconds / (batched_ms / 1e3),
-            "note": "timing only: a Defense-GAN-style search over a generator the size of PuVAE's decoder "
-                    "(the paper's settings L=200, R=10); not a trained Defense-GAN"}
-
-
 def bench_shape(shape: tuple[int, int, int], device: torch.device, batch: int, repeats: int) -> dict:
     torch.manual_seed(0)
     config = PuVAEConfig(image_shape=shape)
@@ -175,7 +140,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--defense-gan", action="store_true", help="also time a Defense-GAN-style search (L=200, R=10)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -195,8 +159,6 @@ def main() -> None:
     }
     for case in report["cases"]:
         case["batched_fraction_of_matmul_rate"] = case["achieved_gflops"]["batched"] / gemm
-    if args.defense_gan:
-        report["defense_gan_comparison"] = bench_defense_gan(device, args.batch, steps=200, restarts=10)
     out = args.out or Path(__file__).resolve().parent.parent / "docs" / "results" / f"benchmark_projection_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -206,10 +168,6 @@ def main() -> None:
         print(f"{'x'.join(map(str, case['image_shape'])):>10} {med['batched']:11.2f} {med['per_class_loop']:9.2f} "
               f"{case['speedup_batched_vs_loop']:8.2f} {case['achieved_gflops']['batched']:8.1f} "
               f"{case['purified_classifier_images_per_second']:10.0f}")
-    if args.defense_gan:
-        cmp = report["defense_gan_comparison"]
-        print(f"Defense-GAN-style search (L=200, R=10): {cmp['defense_gan_style_seconds']:.1f} s per batch, "
-              f"{cmp['ratio']:.0f}x PuVAE's {cmp['puvae_batched_seconds']:.3f} s")
     print(f"wrote {out}")
 
 

@@ -12,14 +12,22 @@ measured metrics, how it was trained) and a model card, then regenerates the reg
 - Defense-GAN: the same on the first ``--gan-images`` images (L = 200, R = 20 costs seconds
   per image on a CPU).
 
+``--from-reports`` instead takes the clean accuracy behind an already bundled purifier from
+``puvae-defense evaluate`` reports (a Defense-GAN column measured on a lent GPU, say): it checks
+that each report measured these very weights (fingerprint) with the folder's own search, then
+replaces the folder's accuracy metrics for the report's classifiers, rewrites its model card and
+regenerates the registry. The weights are not touched.
+
 Usage: python scripts/finish_baselines.py [--work runs/baselines] [--out hub] [--gan-images 500]
        [--dataset fashion-mnist] [--classifiers A=FOLDER B=FOLDER]
+       python scripts/finish_baselines.py --from-reports docs/results/table2_defense_gan_mnist_A.json ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +41,7 @@ from puvae_defense.classifiers import PaperClassifier, accuracy
 from puvae_defense.data import HUB_DATASET_IDS, load_dataset
 from puvae_defense.evaluation import PAPER_DATASETS, defended_accuracy
 from puvae_defense.model_card import model_card
-from puvae_defense.serialization import WEIGHTS_NAME, read_metadata, write_metadata
+from puvae_defense.serialization import WEIGHTS_NAME, read_metadata, weights_fingerprint, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +86,54 @@ def measure(kind: str, folder: Path, test, gan_images: int, classifiers: dict[st
         batch_size=100) for net, model in classifiers.items()}
 
 
+def metrics_from_report(folder: Path, report: dict, test_size: int) -> dict[str, float]:
+    """``test_accuracy_<net>_through[_first<n>]`` for each classifier of an ``evaluate`` report
+    that measured the purifier bundled in ``folder``; refuses a report made on other weights or
+    with another search than the folder's, so a card never quotes another model's number."""
+    config = json.loads((folder / "config.json").read_text())["config"]
+    fingerprint = weights_fingerprint(load_purifier(folder))
+    command = report["meta"]["command"]
+    found = {}
+    for label, source in report["meta"]["defense_sources"].items():
+        if Path(source["purifier"]).name != folder.name:
+            continue
+        if source["fingerprint"] != fingerprint:
+            raise SystemExit(f"{command!r} measured other {folder.name} weights (fingerprint {source['fingerprint'][:12]}) "
+                             f"than {folder} ({fingerprint[:12]})")
+        search = source.get("search", {})
+        if any(search.get(key, config.get(key)) != config.get(key) for key in ("steps", "restarts")):
+            raise SystemExit(f"{command!r} searched with {search}, not {folder.name}'s own steps / restarts")
+        for net, result in report["classifiers"].items():
+            suffix = "" if result["n"] == test_size else f"_first{result['n']}"
+            found[f"test_accuracy_{net}_through{suffix}"] = result["clean_through"][label]
+    return found
+
+
+def restamp(out: Path, reports: list[Path]) -> None:
+    """Replace bundled purifiers' accuracy metrics by the reports' (see the module's docstring)."""
+    loaded = [json.loads(path.read_text()) for path in reports]
+    test_sizes = [len(load_dataset(report["meta"]["settings"]["dataset"], "test")) for report in loaded]
+    names = {Path(source["purifier"]).name for report in loaded for source in report["meta"]["defense_sources"].values()}
+    for name in sorted(names):
+        folder = out / name
+        if not (folder / WEIGHTS_NAME).is_file():
+            raise SystemExit(f"{name}: the reports measured it, but {folder} holds no bundled weights")
+        measured = {path: metrics_from_report(folder, report, size) for path, report, size in zip(reports, loaded, test_sizes)}
+        new = {key: value for metrics in measured.values() for key, value in metrics.items()}
+        nets = {re.match(r"test_accuracy_(\w+?)_through", key)[1] for key in new}
+        meta = read_metadata(folder)
+        kept = {key: value for key, value in meta.get("metrics", {}).items()
+                if not any(key.startswith(f"test_accuracy_{net}_through") for net in nets)}
+        by = "; ".join(f"{report['meta']['command']} ({report['meta']['device']}, {path.name})"
+                       for (path, metrics), report in zip(measured.items(), loaded) if metrics)
+        meta = {**meta, "metrics": {**kept, **new}, "training": {**meta.get("training", {}), "measured by": by}}
+        write_metadata(folder, meta)
+        (folder / "README.md").write_text(model_card(name=name, model_type=json.loads((folder / "config.json").read_text())[
+            "model_type"], dataset=meta["dataset"], description=meta["description"], metrics=meta["metrics"],
+            training=meta["training"]))
+        print(f"{name}: {json.dumps(new)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/baselines"))
@@ -86,7 +142,13 @@ def main() -> None:
     parser.add_argument("--dataset", default="mnist", choices=DATASETS)
     parser.add_argument("--classifiers", nargs="+", default=None, metavar="NAME=MODEL",
                         help="classifiers measured behind the purifiers (default: A and B of --dataset, registered)")
+    parser.add_argument("--from-reports", nargs="+", type=Path, default=None, metavar="REPORT",
+                        help="take the bundled purifiers' clean accuracy from these evaluate reports instead of measuring")
     args = parser.parse_args()
+    if args.from_reports:
+        restamp(args.out, args.from_reports)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "build_registry.py")], check=True)
+        return
     classifiers = dict(item.split("=", 1) for item in args.classifiers) if args.classifiers else {
         net: f"{args.dataset}-classifier-{net.lower()}" for net in ("A", "B")}
     card_dataset = HUB_DATASET_IDS[args.dataset]

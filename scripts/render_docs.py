@@ -401,12 +401,16 @@ def speed() -> str:
             f"({100 * case['batched_fraction_of_matmul_rate']:.0f}%) | {case['purified_classifier_images_per_second']:.0f} images/s "
             f"(classifier {case['end_to_end_classifier']}) |"
         )
-    dg = bench.get("defense_gan_comparison")
-    if dg:
-        lines += ["", f"A Defense-GAN-style search (L = {dg['steps']} gradient steps, R = {dg['restarts']} restarts, the "
-                  f"paper's Defense-GAN settings, over a generator the size of PuVAE's decoder; timing only) took "
-                  f"{dg['defense_gan_style_seconds']:.0f} s for the same 128 images: {dg['ratio']:.0f}x PuVAE's "
-                  f"{dg['puvae_batched_seconds'] * 1e3:.0f} ms (the paper: 14.8 s vs 0.114 s on a TITAN V, 130x)."]
+    defenses = _load("benchmark_defenses_cpu.json")
+    if defenses is not None and defenses["table5_seconds"].get("defense_gan_L200_R20") is not None:
+        timed = defenses.get("defense_gan_timed_images", defenses["batch"])
+        scaled = "" if timed == defenses["batch"] else f" (timed on {timed}, scaled)"
+        lines += ["", f"Defense-GAN's search with the bundled `{defenses['weights']['defense_gan']}` (L = 200, R = 20, "
+                  f"the paper's setting) takes {defenses['table5_seconds']['defense_gan_L200_R20']:.0f} s for "
+                  f"{defenses['batch']} MNIST images{scaled} on this CPU, {defenses['ratio_defense_gan_over_puvae']:.0f}x "
+                  f"PuVAE's {defenses['table5_seconds']['puvae']:.2f} s in the same run "
+                  f"(the paper: {defenses['paper_table5']['ratio']:.0f}x on a TITAN V); [Table 5 in docs/baselines.md]"
+                  "(docs/baselines.md#cost-table-5-and-accuracy-within-a-time-budget-table-6-figure-5) has the command."]
     return "\n".join(lines + ["", gpu_speed()])
 
 

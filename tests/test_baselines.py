@@ -512,3 +512,47 @@ def test_bundled_defense_gan_generator_reaches_real_digits(mnist_root) -> None:
     trained_mse, untrained_mse = (gan.project(images, torch.Generator().manual_seed(0), steps=25, restarts=2)[1].mean()
                                   for gan in (bundled, untrained))
     assert not bundled.training and trained_mse < 0.1 and trained_mse < untrained_mse / 3
+
+
+def _gan_report(folder: Path, *, n: int, **source_changes) -> dict:
+    """An ``evaluate`` report's shape, as if it had measured the Defense-GAN saved in ``folder``."""
+    from puvae_defense.baselines import load_purifier
+    from puvae_defense.serialization import weights_fingerprint
+
+    gan = load_purifier(folder)
+    source = {"purifier": str(folder), "fingerprint": weights_fingerprint(gan),
+              "search": {"steps": gan.config.steps, "restarts": gan.config.restarts, "precision": "fp32"}}
+    return {"meta": {"command": "puvae-defense evaluate --defenses defense-gan", "device": "cpu",
+                     "settings": {"dataset": "mnist"}, "defense_sources": {"defense-gan": {**source, **source_changes}}},
+            "classifiers": {"A": {"n": n, "clean_through": {"defense-gan": 87.5}}}}
+
+
+def test_finish_baselines_takes_card_metrics_from_reports_on_the_same_weights(tmp_path, monkeypatch) -> None:
+    """--from-reports replaces the folder's accuracy for the report's classifiers (full set or first n),
+    keeps its other metrics, rewrites the card, and refuses reports on other weights or another search."""
+    from puvae_defense.baselines import DefenseGAN, DefenseGANConfig
+    from puvae_defense.serialization import read_metadata, write_metadata
+
+    script = load_script("finish_baselines")
+    folder = tmp_path / "hub" / "defense-gan-mnist"
+    torch.manual_seed(0)
+    DefenseGAN(DefenseGANConfig(latent_dim=8, width=4)).save_pretrained(folder)
+    write_metadata(folder, {"name": folder.name, "dataset": "mnist", "description": "A generator.",
+                            "metrics": {"test_accuracy_A_through_first100": 100.0, "val_mse": 0.01}, "training": {"seconds": 1}})
+    assert script.metrics_from_report(folder, _gan_report(folder, n=20), 20) == {"test_accuracy_A_through": 87.5}
+    assert script.metrics_from_report(folder, _gan_report(folder, n=5), 20) == {"test_accuracy_A_through_first5": 87.5}
+    with pytest.raises(SystemExit, match="other defense-gan-mnist weights"):
+        script.metrics_from_report(folder, _gan_report(folder, n=5, fingerprint="0" * 64), 20)
+    with pytest.raises(SystemExit, match="steps / restarts"):
+        script.metrics_from_report(folder, _gan_report(folder, n=5, search={"steps": 25, "restarts": 2}), 20)
+
+    report = tmp_path / "table2_defense_gan_mnist_A.json"
+    report.write_text(json.dumps(_gan_report(folder, n=20)))
+    monkeypatch.setattr(script, "load_dataset", lambda name, split: [None] * 20)
+    script.restamp(tmp_path / "hub", [report])
+    meta = read_metadata(folder)
+    assert meta["metrics"] == {"test_accuracy_A_through": 87.5, "val_mse": 0.01}
+    assert meta["training"]["seconds"] == 1 and "table2_defense_gan_mnist_A.json" in meta["training"]["measured by"]
+    assert "| test_accuracy_A_through | 87.50 |" in (folder / "README.md").read_text()
+    with pytest.raises(SystemExit, match="no bundled weights"):
+        script.restamp(tmp_path / "elsewhere", [report])

@@ -187,7 +187,8 @@ def test_an_unknown_model_card_metric_is_refused(render) -> None:
     for key in ("test_latency_ms", "test_accuracy_A"):  # A's own accuracy is not "A behind it"
         with pytest.raises(ValueError, match=key):
             render.metric_phrase(key, 3.0)
-    assert "first 100 images" in render.models_table()  # the bundled Defense-GAN cards
+    table = render.models_table()  # every bundled card's metrics have a phrase
+    assert all(f"| `{name}` |" in table for name in render.hub.list_models())
 
 
 def test_a_resumed_runs_time_says_what_it_covers(render) -> None:
@@ -236,3 +237,13 @@ def test_autoattack_on_puvae_behind_squeezing_is_labelled_as_such(render, tmp_pa
     text = render.headline("mnist")
     assert "AutoAttack (RobustBench's" in text  # PuVAE's own result stays as it was
     assert "AutoAttack on PuVAE + bit squeezing, `BitDepthSqueeze(bits=1, straight_through=True)` in front" in text
+
+
+def test_speed_quotes_table5s_defense_gan_time_only_when_measured(render, tmp_path) -> None:
+    _copy(tmp_path, "benchmark_projection_cpu.json", "benchmark_projection_cpu.json")
+    assert "Defense-GAN" not in render.speed().split("On a GPU")[0].split("No GPU timing")[0]
+    defenses = _copy(tmp_path, "benchmark_defenses_cpu.json", "benchmark_defenses_cpu.json")
+    text = render.speed()
+    assert (f"takes {defenses['table5_seconds']['defense_gan_L200_R20']:.0f} s for 128 MNIST images (timed on "
+            f"{defenses['defense_gan_timed_images']}, scaled)") in text
+    assert f"{defenses['ratio_defense_gan_over_puvae']:.0f}x PuVAE's {defenses['table5_seconds']['puvae']:.2f} s" in text
