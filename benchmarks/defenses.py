@@ -14,7 +14,7 @@
 
     python benchmarks/defenses.py [--repeats 3] [--magnet magnet-mnist] [--defense-gan defense-gan-mnist]
         [--images 100 --accuracy-grid 10x1,25x2,50x5,100x10 --cache runs/adv_cache --figure docs/time_budget.png]
-        [--device cuda] [--out docs/results/benchmark_defenses_DEVICE.json]
+        [--device cuda --gan-repeats 5] [--out docs/results/benchmark_defenses_DEVICE.json]
 
 Defense-GAN at L = 200, R = 20 takes seconds per image on a CPU: on a CPU keep ``--images``
 small, leave L = 200, R = 20 out of ``--accuracy-grid`` (it is still timed for Table 5) and say so;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -37,6 +38,7 @@ from puvae_defense.baselines import DefenseGAN, DefenseGANConfig, MagNetReformer
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.evaluation import AttackCache, EvalSettings, evaluate
+from puvae_defense.kernels import KERNEL_ENV
 from puvae_defense.serialization import weights_fingerprint
 from projection import median_ms  # benchmarks/projection.py, beside this script
 
@@ -103,6 +105,9 @@ def main() -> None:
     parser.add_argument("--gan-images", type=int, default=None,
                         help="time Defense-GAN on the first K of the --batch images and scale to --batch (default: all; "
                              "the full grid on 128 images did not finish in 30 minutes on the 2-core development CPU)")
+    parser.add_argument("--gan-repeats", type=int, default=1,
+                        help="timed runs of each Defense-GAN setting, median taken (default 1: L = 200, R = 20 takes "
+                             "minutes on a CPU; on a GPU use more)")
     parser.add_argument("--grid", default=",".join(f"{s}x{r}" for s, r in GRID),
                         help="Defense-GAN operating points LxR, comma-separated (default: %(default)s)")
     parser.add_argument("--accuracy-grid", default=None,
@@ -140,7 +145,7 @@ def main() -> None:
         scale = args.batch / gan_images.shape[0]  # the search is batched over images: its time grows linearly with them
         first = min(searches, key=lambda lr: lr[0] * lr[1])
         searches[first].purify(gan_images)
-        grid_times = {(s, r): scale * seconds(lambda g=g: g.purify(gan_images), device, 1, warmup=False)
+        grid_times = {(s, r): scale * seconds(lambda g=g: g.purify(gan_images), device, args.gan_repeats, warmup=False)
                       for (s, r), g in searches.items()}
     budget = BUDGET_MULTIPLE * times["puvae"]
     within = [(s, r) for (s, r), t in grid_times.items() if t <= budget]
@@ -149,6 +154,9 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
+        "defense_gan_repeats": args.gan_repeats,
+        **({"tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+            "selection_backend": os.environ.get(KERNEL_ENV, "auto")} if device.type == "cuda" else {}),
         "table5_seconds": {**times, "defense_gan_L200_R20": grid_times.get((200, 20))},
         "paper_table5": {"puvae": 0.11, "defense_gan": 14.80, "ratio": 134.55, "hardware": "TITAN V"},
         "defense_gan_grid_seconds": {f"{s}x{r}": t for (s, r), t in grid_times.items()},

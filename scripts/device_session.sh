@@ -9,6 +9,10 @@
 # too little time is left, results bundled into $OUT after each:
 #   tests    the kernel and model tests on CUDA (Triton compiled for the GPU);
 #   bench    benchmarks/projection.py on CUDA;
+#   table5   benchmarks/defenses.py, timing only: the paper's Table 5 (PuVAE, MagNet and the bundled
+#            defense-gan-mnist at L = 200, R = 20 on the same 128 images) and Table 6's budget on the
+#            GPU, the hardware of the paper's 134x (an untrained PuVAE of the same size when its
+#            weights stay behind: the time does not depend on them; about half a minute);
 #   gan-eval the bundled defense-gan-mnist (the generator of the CPU columns) at the paper's
 #            L = 200, R = 20 in float32: Table 2's column on the full test set behind A and B,
 #            then BPDA (exact and tracked) on the first 1,000 test images behind each (issue 9's GPU items);
@@ -20,7 +24,7 @@
 #            PuVAE beside it, and Tables 5-6 / Figure 5 on the GPU;
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
-# STAGES="tests bench gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
+# STAGES="tests bench table5 gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
 # results/NAME.progress.json in the bundle; commit them to docs/results/progress/ (or carry
 # them as .gpu/progress/) and the next session's same evaluation resumes where the time limit
@@ -31,11 +35,12 @@ OUT=${OUT:?set OUT}
 WORK=${WORK:-/tmp/puvae-work}
 BUDGET=${BUDGET:-560}                  # seconds for the whole command
 DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-tests bench gan-eval gan-eval-fashion gan}
+STAGES=${STAGES:-tests bench table5 gan-eval gan-eval-fashion gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
 if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
-    GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2)
-else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; GAN_SEARCH=(); fi
+    GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2); GAN_TIMING=(--grid 5x1 --gan-images 2)
+else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; GAN_SEARCH=()
+    GAN_TIMING=(--gan-repeats 5); fi
 START=$(date +%s)
 mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw" "$WORK/hub"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -105,6 +110,15 @@ if wants bench; then
     stamp "benchmark exit $?"
     bundle
 fi
+if wants table5 && [ -f hub/defense-gan-mnist/model.safetensors ]; then
+    stamp "Table 5 timing, $(left) s left"
+    puvae=untrained; [ -f hub/puvae-mnist/model.safetensors ] && puvae=hub/puvae-mnist
+    timeout 150 python3 benchmarks/defenses.py --device "$DEVICE" --repeats $REPEATS --puvae $puvae --magnet hub/magnet-mnist \
+        --defense-gan hub/defense-gan-mnist "${GAN_TIMING[@]}" --out "$WORK/results/benchmark_defenses_$DEVICE.json" \
+        > "$WORK/logs/bench_table5.log" 2>&1
+    stamp "benchmarks/defenses.py (Table 5) exit $?"
+    bundle
+fi
 if wants gan-eval && [ -f hub/defense-gan-mnist/model.safetensors ]; then gan_eval mnist table2; fi
 if wants gan-eval-fashion && [ -f hub/defense-gan-fashion-mnist/model.safetensors ] &&
     [ -f "$WORK/data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then gan_eval fashion-mnist table3; fi
@@ -124,7 +138,7 @@ if wants gan && [ "$(left)" -gt 120 ]; then
             else accuracy=(--puvae untrained); fi
             timeout $(( $(left) - 15 )) python3 benchmarks/defenses.py --device "$DEVICE" --magnet hub/magnet-mnist \
                 --defense-gan "$WORK/hub/defense-gan-mnist" "${accuracy[@]}" \
-                --out "$WORK/results/benchmark_defenses_$DEVICE.json" > "$WORK/logs/bench_defenses.log" 2>&1
+                --out "$WORK/results/benchmark_defenses_gan${GAN_STEPS}_$DEVICE.json" > "$WORK/logs/bench_defenses.log" 2>&1
             stamp "benchmarks/defenses.py exit $?"
             bundle
         fi

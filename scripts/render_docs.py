@@ -575,27 +575,39 @@ def table_puvae_fingerprint(dataset: str) -> str | None:
 
 
 def defenses_speed() -> str:
-    """Table 5 (and Table 6 / Figure 5 when measured) from benchmarks/defenses.py."""
-    bench = _load("benchmark_defenses_cpu.json")
-    if bench is None:
-        return "_Run `python benchmarks/defenses.py`._"
+    """Table 5 (and Table 6 / Figure 5 when measured) from benchmarks/defenses.py: the CPU's run,
+    then a GPU's when one was lent."""
+    blocks = [defenses_block(bench, where) for name, where in (("benchmark_defenses_cpu.json", "CPU"),
+                                                               ("benchmark_defenses_cuda.json", "GPU"))
+              if (bench := _load(name)) is not None]
+    return "\n\n".join(blocks) if blocks else "_Run `python benchmarks/defenses.py`._"
+
+
+def defenses_block(bench: dict, where: str) -> str:
+    """One benchmarks/defenses.py report; ``where``: "CPU" or "GPU"."""
     t5 = bench["table5_seconds"]
     paper = bench["paper_table5"]
     weights = bench["weights"]
+    repeats = bench.get("defense_gan_repeats", 1)
+    tf32 = bench.get("tf32")
+    puvae_weights = ("untrained, the same size: timing only" if weights["puvae"] == "untrained" else f"`{weights['puvae']}`")
+    arithmetic = "" if tf32 is None else (f"; TF32 {'on' if tf32['matmul'] else 'off'} for matrix multiplies and "
+                                          f"{'on' if tf32['cudnn'] else 'off'} for cuDNN convolutions, torch's defaults")
     lines = [
-        f"`{bench['command']}` ({bench['device']}, {bench['threads']} threads, torch {bench['torch']}), seconds to "
-        f"purify the same {bench['batch']} MNIST test images, median of repeats (Defense-GAN once per setting):",
+        f"`{bench['command']}` ({bench['device']}, {bench['threads']} threads, torch {bench['torch']}{arithmetic}), "
+        f"seconds to purify the same {bench['batch']} MNIST test images, median of repeats (Defense-GAN "
+        + ("once per setting):" if repeats == 1 else f"{repeats} times per setting):"),
         "",
-        "| purifier | seconds (ours, CPU) | paper (TITAN V) |",
+        f"| purifier | seconds (ours, {where}) | paper (TITAN V) |",
         "|---|---|---|",
-        f"| PuVAE (`{weights['puvae']}`) | {t5['puvae']:.3f} | {paper['puvae']:.2f} |",
+        f"| PuVAE ({puvae_weights}) | {t5['puvae']:.3f} | {paper['puvae']:.2f} |",
         f"| MagNet (`{weights['magnet']}`) | {t5['magnet']:.4f} | - |",
     ]
     timed = bench.get("defense_gan_timed_images", bench["batch"])
     scaled = "" if timed == bench["batch"] else f" (timed on {timed} images, scaled to {bench['batch']})"
     if t5.get("defense_gan_L200_R20") is not None:
         lines.append(f"| Defense-GAN, L = 200, R = 20 (`{weights['defense_gan']}`){scaled} | "
-                     f"{t5['defense_gan_L200_R20']:.1f} | {paper['defense_gan']:.2f} |")
+                     f"{t5['defense_gan_L200_R20']:.3g} | {paper['defense_gan']:.2f} |")
         lines += ["", f"Defense-GAN takes **{bench['ratio_defense_gan_over_puvae']:.0f}x** PuVAE's time here "
                   f"(the paper: {paper['ratio']:.0f}x on a GPU)."]
     grid = ", ".join(f"L x R = {k}: {v:.2f} s" for k, v in bench["defense_gan_grid_seconds"].items())
@@ -621,7 +633,7 @@ def defenses_speed() -> str:
             lines += ["", f"![accuracy against time]({Path(bench['figure']).relative_to('docs')})"]
     else:
         lines += ["", "Table 6 and Figure 5 (accuracy within the budget) need a trained Defense-GAN and have not been "
-                  "measured yet."]
+                  "measured yet." if where == "CPU" else f"Accuracy within this budget was not measured on the {where}."]
     return "\n".join(lines)
 
 

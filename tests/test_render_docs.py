@@ -247,3 +247,18 @@ def test_speed_quotes_table5s_defense_gan_time_only_when_measured(render, tmp_pa
     assert (f"takes {defenses['table5_seconds']['defense_gan_L200_R20']:.0f} s for 128 MNIST images (timed on "
             f"{defenses['defense_gan_timed_images']}, scaled)") in text
     assert f"{defenses['ratio_defense_gan_over_puvae']:.0f}x PuVAE's {defenses['table5_seconds']['puvae']:.2f} s" in text
+
+
+def test_defenses_speed_adds_a_gpu_block_when_one_was_lent(render, tmp_path) -> None:
+    cpu = _copy(tmp_path, "benchmark_defenses_cpu.json", "benchmark_defenses_cpu.json")
+    assert "(ours, GPU)" not in render.defenses_speed()
+    gpu = {key: value for key, value in cpu.items() if key not in ("table6", "figure")}
+    gpu.update(device="NVIDIA H200", defense_gan_repeats=5, tf32={"matmul": False, "cudnn": True},
+               weights={**cpu["weights"], "puvae": "untrained"})
+    _write(tmp_path, "benchmark_defenses_cuda.json", gpu)
+    text = render.defenses_speed()
+    cpu_part, gpu_part = text.split("(NVIDIA H200")
+    assert "| seconds (ours, CPU) |" in cpu_part and "| seconds (ours, GPU) |" in gpu_part
+    assert "TF32 off for matrix multiplies and on for cuDNN convolutions" in gpu_part
+    assert "Defense-GAN 5 times per setting" in gpu_part and "| PuVAE (untrained, the same size: timing only) |" in gpu_part
+    assert "Accuracy within this budget was not measured on the GPU." in gpu_part
