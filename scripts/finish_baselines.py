@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -120,7 +119,7 @@ def restamp(out: Path, reports: list[Path]) -> None:
             raise SystemExit(f"{name}: the reports measured it, but {folder} holds no bundled weights")
         measured = {path: metrics_from_report(folder, report, size) for path, report, size in zip(reports, loaded, test_sizes)}
         new = {key: value for metrics in measured.values() for key, value in metrics.items()}
-        nets = {re.match(r"test_accuracy_(\w+?)_through", key)[1] for key in new}
+        nets = {net for report, metrics in zip(loaded, measured.values()) if metrics for net in report["classifiers"]}
         meta = read_metadata(folder)
         kept = {key: value for key, value in meta.get("metrics", {}).items()
                 if not any(key.startswith(f"test_accuracy_{net}_through") for net in nets)}
@@ -128,9 +127,10 @@ def restamp(out: Path, reports: list[Path]) -> None:
                        for (path, metrics), report in zip(measured.items(), loaded) if metrics)
         meta = {**meta, "metrics": {**kept, **new}, "training": {**meta.get("training", {}), "measured by": by}}
         write_metadata(folder, meta)
-        (folder / "README.md").write_text(model_card(name=name, model_type=json.loads((folder / "config.json").read_text())[
-            "model_type"], dataset=meta["dataset"], description=meta["description"], metrics=meta["metrics"],
-            training=meta["training"]))
+        model_type = json.loads((folder / "config.json").read_text())["model_type"]
+        (folder / "README.md").write_text(model_card(name=name, model_type=model_type, dataset=meta["dataset"],
+                                                     description=meta["description"], metrics=meta["metrics"],
+                                                     training=meta["training"]))
         print(f"{name}: {json.dumps(new)}")
 
 
