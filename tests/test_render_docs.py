@@ -92,11 +92,24 @@ def test_adaptive_cells_on_few_images_carry_their_interval(render) -> None:
     assert render.adaptive_cell(50.0, 2000, 1000) == "50.00 (n = 2,000)"
 
 
+def _tracked_from(exact: dict, n: int, percent: float) -> dict:
+    """A copy of an exact-BPDA report that reads as a tracked-BPDA run on ``n`` images."""
+    tracked = json.loads(json.dumps(exact))
+    result = tracked["classifiers"]["B"]
+    result.pop("per_image", None)
+    result["adaptive"] = {"defense-gan": {"PGD + BPDA (tracked)": percent}}
+    result["adaptive_n"] = n
+    tracked["meta"]["settings"]["adaptive"] = ["PGD + BPDA (tracked)"]
+    return tracked
+
+
 def test_adaptive_table_takes_the_worst_case_per_image_over_its_reports(render) -> None:
     from puvae_defense.evaluation import pack_hits
 
     exact = json.loads((RESULTS / "adaptive_defense_gan_mnist_B.json").read_text())
-    tracked = json.loads((RESULTS / "adaptive_defense_gan_tracked_mnist_B.json").read_text())
+    exact["classifiers"]["B"].pop("per_image", None)
+    exact["classifiers"]["B"].update(adaptive_n=30, adaptive={"defense-gan": {"PGD + BPDA": 100 * 8 / 30}})
+    tracked = _tracked_from(exact, 30, 100 * 10 / 30)
     weights = render._weights(exact)
     assert render.WORST_CASE not in render.adaptive_table([exact, tracked], weights)  # no per-image results: no column
     # 30 images each: exact BPDA leaves images 0-7, tracked images 4-13; both leave 4-7
@@ -108,6 +121,27 @@ def test_adaptive_table_takes_the_worst_case_per_image_over_its_reports(render) 
     assert "| B | Defense-GAN | 30 | 26.67 (95% 14.2-44.4) | 33.33 (95% 19.2-51.2) | 13.33 (95% 5.3-29.7) |" in table
     # runs on different numbers of images: the worst case over the first images all of them ran on
     assert render.worst_case({"a": [i < 8 for i in range(30)], "b": [True] * 20}) == (40.0, 20)
+
+
+def test_an_attack_in_two_reports_is_taken_from_the_one_on_more_images(render) -> None:
+    from puvae_defense.evaluation import pack_hits
+
+    exact = json.loads((RESULTS / "adaptive_defense_gan_mnist_B.json").read_text())
+    exact["classifiers"]["B"].update(adaptive_n=30, adaptive={"defense-gan": {"PGD + BPDA": 100 * 8 / 30}},
+                                     per_image={"defense-gan/PGD + BPDA": pack_hits([i < 8 for i in range(30)])})
+    small = _tracked_from(exact, 30, 100 * 10 / 30)
+    small["classifiers"]["B"]["per_image"] = {
+        "defense-gan/PGD + BPDA (tracked)": pack_hits([4 <= i < 14 for i in range(30)])}
+    large = _tracked_from(exact, 500, 32.0)
+    large["classifiers"]["B"]["per_image"] = {
+        "defense-gan/PGD + BPDA (tracked)": pack_hits([i % 25 < 8 for i in range(500)])}
+    weights = render._weights(exact)
+    for order in ([exact, small, large], [exact, large, small]):
+        table = render.adaptive_table(order, weights)
+        # the tracked cell and its per-image results come from the 500-image run, whatever the order:
+        # (a tie in n: the row says the larger); over the first 30 both attacks leave images 0-7
+        assert ("| B | Defense-GAN | 500 | 26.67 (n = 30; 95% 14.2-44.4) | 32.00 (95% 28.1-36.2) "
+                "| 26.67 (n = 30; 95% 14.2-44.4) |") in table
 
 
 def test_tables_say_when_the_bundled_puvae_is_newer_than_their_reports(render, tmp_path, monkeypatch) -> None:
