@@ -14,9 +14,10 @@ from .config import PuVAEConfig
 from .hub import list_models
 from .model import Projection, PuVAE
 from .recipes import RECIPES, get_recipe
+from .smoothing import SmoothedClassifier
 from .training import TrainConfig, fit
 
-__all__ = ["RECIPES", "Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "TrainConfig", "__version__", "fit",
+__all__ = ["RECIPES", "Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "SmoothedClassifier", "TrainConfig", "__version__", "fit",
            "get_recipe", "list_models"]
 
 __version__ = "0.1.0"

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .serialization import PretrainedMixin
 
-__all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier", "train_adam_cosine"]
+__all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier", "gaussian_noise_objective",
+           "train_adam_cosine"]
 
 Arch = Literal["A", "B", "C", "D", "source", "cw"]
 ARCHITECTURES: tuple[str, ...] = ("A", "B", "C", "D", "source", "cw")
@@ -138,6 +139,20 @@ def accuracy(
         correct += int((logits.argmax(1).cpu() == labels).sum())
         total += len(labels)
     return 100.0 * correct / max(total, 1)
+
+
+def gaussian_noise_objective(sigma: float) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy on ``clip(x + sigma * N(0, I), 0, 1)``: Cohen et al.'s (2019) training of a base
+    classifier for randomized smoothing at ``sigma`` (every image noisy, a fresh draw each step),
+    clipped as :class:`~puvae_defense.smoothing.SmoothedClassifier` clips by default."""
+    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
+
+    def objective(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        noisy = (images + sigma * torch.randn_like(images)).clamp(0, 1)
+        return F.cross_entropy(net(noisy), labels)
+
+    return objective
 
 
 def fit_classifier(

@@ -23,7 +23,7 @@ __all__ = ["PuVAEObjective", "gaussian_kl", "reconstruction_bce", "source_cross_
 
 Reduction = Literal["sum", "mean"]
 CEForm = Literal["binary", "categorical"]
-NoiseKind = Literal["sign", "uniform", "fgsm", "pgd"]
+NoiseKind = Literal["sign", "uniform", "gaussian", "fgsm", "pgd"]
 #: Perturbations computed on the source classifier (the others are random).
 SOURCE_ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 AmplitudeKind = Literal["uniform", "fixed"]
@@ -82,7 +82,8 @@ class PuVAEObjective(nn.Module):
     denoising objective, as in MagNet); the projection loss measures distances to ``x'``, as
     purification does. ``noise_kind`` chooses ``x'``: ``clip(x + a * sign(N(0, 1)))``
     (``"sign"``, every pixel moved by ``a`` as an L-inf attack moves it), ``clip(x + a * U(-1, 1))``
-    (``"uniform"``), or a targeted attack on the frozen source classifier towards a random wrong
+    (``"uniform"``), ``clip(x + a * N(0, I))`` (``"gaussian"``: ``a`` is the standard deviation, not
+    an L-inf bound; the input of a denoiser for randomized smoothing), or a targeted attack on the frozen source classifier towards a random wrong
     label: one FGSM step of size ``a`` (``"fgsm"``) or ``noise_steps`` PGD steps of ``2.5 a /
     noise_steps`` from a random start (``"pgd"``). Only the first ``round(noise_fraction * B)``
     images of each (shuffled) batch are perturbed; the others stay clean. The attacks never
@@ -152,7 +153,8 @@ class PuVAEObjective(nn.Module):
         if self.noise_kind in SOURCE_ATTACKS:
             moved = self._source_attack(x, labels[:count], amplitude)
         else:
-            direction = torch.randn_like(x).sign() if self.noise_kind == "sign" else torch.rand_like(x) * 2 - 1
+            direction = {"sign": lambda: torch.randn_like(x).sign(), "uniform": lambda: torch.rand_like(x) * 2 - 1,
+                         "gaussian": lambda: torch.randn_like(x)}[self.noise_kind]()
             moved = (x + direction * amplitude).clamp(0, 1)
         return torch.cat([moved, images[count:]])
 

@@ -63,10 +63,10 @@ class TrainConfig:
         lambda_proj: weight of the projection-classification loss (0 = off).
         proj_scale: inverse temperature on ``-RMSE`` for that loss.
         proj_sigma_eps: sampling noise of the projections in that loss.
-        input_noise: maximum L-inf amplitude of the input perturbation (0 = off); reconstructions
-            still target the clean image.
+        input_noise: maximum L-inf amplitude of the input perturbation (0 = off; for ``"gaussian"``
+            the largest standard deviation); reconstructions still target the clean image.
         noise_kind: ``"sign"`` (every pixel moved by the amplitude, up or down), ``"uniform"``,
-            ``"fgsm"`` or ``"pgd"`` (targeted attacks on the source classifier towards random
+            ``"gaussian"`` (clipped Gaussian noise, the amplitude its standard deviation), ``"fgsm"`` or ``"pgd"`` (targeted attacks on the source classifier towards random
             wrong labels; see :class:`~puvae_defense.losses.PuVAEObjective`).
         noise_fraction: share of each batch that is perturbed (the rest stays clean).
         noise_steps: PGD steps for ``noise_kind="pgd"``.
@@ -95,7 +95,7 @@ class TrainConfig:
     proj_scale: float = 100.0
     proj_sigma_eps: float = 0.1
     input_noise: float = 0.0
-    noise_kind: Literal["sign", "uniform", "fgsm", "pgd"] = "sign"
+    noise_kind: Literal["sign", "uniform", "gaussian", "fgsm", "pgd"] = "sign"
     noise_fraction: float = 1.0
     noise_steps: int = 1
     noise_amplitude: Literal["uniform", "fixed"] = "uniform"
@@ -116,7 +116,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "rc_reduction": ("sum", "mean"), "kl_reduction": ("sum", "mean"),
                    "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16"),
-                   "noise_kind": ("sign", "uniform", "fgsm", "pgd"), "noise_amplitude": ("uniform", "fixed")}
+                   "noise_kind": ("sign", "uniform", "gaussian", "fgsm", "pgd"), "noise_amplitude": ("uniform", "fixed")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

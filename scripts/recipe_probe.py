@@ -100,6 +100,8 @@ Usage (the probe table of docs/training.md):
     python scripts/recipe_probe.py fp32-kl03-lat16 --config '{"latent_dim": 16}'
     python scripts/recipe_probe.py fp32-kl03-lat64-warm1 '{"kl_warmup_epochs": 1.0}' --config '{"latent_dim": 64}'
     python scripts/recipe_probe.py fp32-kl3 '{"lambda_kl": 3.0}'
+    # Denoisers for randomized smoothing (docs/smoothing.md), each also with --metrics smoothing
+    # --work runs/smooth-probes --out runs/smooth-probes/probes.jsonl:
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
@@ -116,7 +118,7 @@ import torch
 from puvae_defense import PuVAE, PuVAEConfig
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
-from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector, selection_metrics
+from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector, selection_metrics, smoothing_metrics
 from puvae_defense.training import fit
 
 
@@ -141,9 +143,13 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--sigma-eps", type=float, default=0.1,
                         help="the projection's sampling noise when scoring (paper: 0.1)")
+    parser.add_argument("--metrics", default="selection", choices=["selection", "smoothing"],
+                        help="selection: clean / FGSM / iFGSM through the purifier; smoothing: clean and Gaussian-noisy "
+                             "inputs (a denoiser for randomized smoothing)")
     parser.add_argument("--amp", default="off", choices=["off", "bf16"],
                         help="bf16 autocast pays only on CPUs with bf16 units (8x slower than fp32 on an AVX2-only CPU)")
     args = parser.parse_args()
+    metrics = {"selection": selection_metrics, "smoothing": smoothing_metrics}[args.metrics]
     train, val = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "val")
     selector = load_selector(args.selector or default_selector_path(args.dataset), train,
                              epochs=SELECTOR_EPOCHS[args.dataset])
@@ -168,7 +174,7 @@ def main() -> None:
         "source": source_name, "attack_models": args.attack_models}
     record = {"name": args.name, "dataset": args.dataset, **trained,
               "seconds": seconds, "threads": torch.get_num_threads(), "amp": args.amp, "sigma_eps": args.sigma_eps,
-              **selection_metrics(vae, selector, val.subset(0, args.val_images), sigma_eps=args.sigma_eps)}
+              "metrics": args.metrics, **metrics(vae, selector, val.subset(0, args.val_images), sigma_eps=args.sigma_eps)}
     with open(args.out, "a") as handle:
         handle.write(json.dumps(record) + "\n")
     print(json.dumps(record))

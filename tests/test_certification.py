@@ -1,0 +1,106 @@
+"""The certification harness: reports, resuming, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import synthetic_dataset
+from puvae_defense import PuVAE
+from puvae_defense.certification import CertifySettings, certification_markdown, certify_dataset
+from puvae_defense.classifiers import ClassifierConfig, PaperClassifier, gaussian_noise_objective
+from puvae_defense.cli import main
+from puvae_defense.smoothing import SmoothedClassifier, radius_bound
+
+
+def _template_classifier() -> nn.Module:
+    """Nearest class template by inner product: right on most of the synthetic images."""
+    templates = synthetic_dataset(10).images  # the first image of every class
+    layer = nn.Linear(784, 10)
+    with torch.no_grad():
+        layer.weight.copy_(templates.flatten(1) - templates.flatten(1).mean(0))
+        layer.bias.zero_()
+    return nn.Sequential(nn.Flatten(), layer).eval()
+
+
+def test_report_counts_right_certificates_per_radius() -> None:
+    data = synthetic_dataset(8)
+    settings = CertifySettings(sigma=0.25, n0=20, n=200, limit=6, batch_size=100)
+    report = certify_dataset(SmoothedClassifier(_template_classifier(), 0.25, batch_size=100), data, settings,
+                             show_progress=False)
+    images, accuracy = report["images"], report["certified_accuracy"]
+    assert images["labels"] == data.labels[:6].tolist() and len(images["radii"]) == 6
+    right = [c == y for c, y in zip(images["certified"], images["labels"], strict=True)]
+    assert accuracy["0"] == pytest.approx(100 * sum(right) / 6) and sum(right) > 3
+    for radius in ("0.25", "0.5"):
+        expected = sum(ok and r >= float(radius) for ok, r in zip(right, images["radii"], strict=True))
+        assert accuracy[radius] == pytest.approx(100 * expected / 6)
+    assert report["meta"]["largest_radius"] == pytest.approx(radius_bound(0.25, 200, 0.001))
+    table = certification_markdown({"template": report})
+    assert table.startswith("| configuration | sigma | images | r = 0 |")
+    assert "| template | 0.25 | 6 |" in table and "| - |" in table  # r = 2 is beyond what n = 200 can certify
+
+
+def test_a_stopped_run_resumes_to_the_same_numbers(tmp_path) -> None:
+    data = synthetic_dataset(8)
+    smoothed = SmoothedClassifier(_template_classifier(), 0.5, batch_size=64)
+    settings = CertifySettings(sigma=0.5, n0=10, n=100, limit=5, batch_size=64)
+    whole = certify_dataset(smoothed, data, settings, show_progress=False)
+    progress = tmp_path / "p.json"
+    certify_dataset(smoothed, data, CertifySettings(sigma=0.5, n0=10, n=100, limit=2, batch_size=64),
+                    progress_file=progress, key={"model": "m"}, show_progress=False)
+    assert len(json.loads(progress.read_text())["radii"]) == 2
+    resumed = certify_dataset(smoothed, data, settings, progress_file=progress, key={"model": "m"}, show_progress=False)
+    assert resumed["images"] == whole["images"] and resumed["certified_accuracy"] == whole["certified_accuracy"]
+    with pytest.raises(ValueError, match="another certification run"):
+        certify_dataset(smoothed, data, settings, progress_file=progress, key={"model": "other"}, show_progress=False)
+    with pytest.raises(ValueError, match="more than the 3 asked for"):
+        certify_dataset(smoothed, data, CertifySettings(sigma=0.5, n0=10, n=100, limit=3, batch_size=64),
+                        progress_file=progress, key={"model": "m"}, show_progress=False)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"sigma": 0.0}, "sigma must be"), ({"n0": 0}, "n0 must be"), ({"n": 5, "n0": 10}, "must not exceed n"),
+    ({"alpha": 1.0}, "alpha must be"), ({"limit": 0}, "limit must be"), ({"seed": -1}, "seed must be"),
+])
+def test_bad_settings_are_clear_errors(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CertifySettings(**{"sigma": 0.5, **changes})
+
+
+def test_settings_must_match_the_classifier_and_the_data() -> None:
+    smoothed = SmoothedClassifier(_template_classifier(), 0.5)
+    with pytest.raises(ValueError, match="sigma 0.5 differs"):
+        certify_dataset(smoothed, synthetic_dataset(4), CertifySettings(sigma=0.25, limit=2), show_progress=False)
+    with pytest.raises(ValueError, match="exceeds the 4 images"):
+        certify_dataset(smoothed, synthetic_dataset(4), CertifySettings(sigma=0.5, limit=5), show_progress=False)
+
+
+def test_certify_command(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    torch.manual_seed(0)
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    common = ["certify", "--classifier", str(tmp_path / "clf"), "--sigma", "0.5", "--n0", "5", "--n", "20",
+              "--limit", "3", "--batch-size", "30", "--data-root", str(mnist_root), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*common, "--purifier", str(tmp_path / "vae"), "--name", "t", "--progress", str(tmp_path / "p.json")]) == 0
+    report = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert report["meta"]["command"].startswith("puvae-defense certify")
+    assert report["meta"]["key"]["sigma_eps"] == 0.1 and len(report["images"]["radii"]) == 3
+    assert "| t | 0.5 | 3 |" in capsys.readouterr().out
+    assert main(common) == 0  # the classifier alone, default name
+    assert (tmp_path / "out" / "certify_mnist_clf_none_sigma0.5.json").is_file()
+    with pytest.raises(SystemExit, match="certify: n0"):
+        main([*common[:-1], "--n0", "50"])
+
+
+def test_gaussian_noise_objective_trains_on_clipped_noise() -> None:
+    seen: list[torch.Tensor] = []
+    net = lambda x: (seen.append(x), torch.zeros(x.shape[0], 10, requires_grad=True))[1]  # noqa: E731
+    images = torch.full((4, 1, 28, 28), 0.5)
+    gaussian_noise_objective(0.5)(net, images, torch.zeros(4, dtype=torch.long))
+    assert 0 <= float(seen[0].min()) < 0.1 and 0.9 < float(seen[0].max()) <= 1  # noisy and clipped
+    with pytest.raises(ValueError, match="sigma must be"):
+        gaussian_noise_objective(0.0)
