@@ -1,16 +1,19 @@
 """Pretrained weights by name: the registry, resolution, verification and publishing.
 
-A name such as ``"puvae-mnist"`` resolves, in this order, to
+A registered name such as ``"puvae-mnist"`` always resolves through the registry, in this order:
 
-1. a local folder or file the caller named (not a name, then);
-2. the Hugging Face cache (works with ``HF_HUB_OFFLINE=1`` once downloaded);
-3. a download through ``huggingface_hub`` at the registry's pinned revision (honouring
+1. the Hugging Face cache (works with ``HF_HUB_OFFLINE=1`` once downloaded);
+2. a download through ``huggingface_hub`` at the registry's pinned revision (honouring
    ``HF_ENDPOINT``, ``HF_HOME``, tokens and proxies as ``huggingface_hub`` does);
-4. when the Hub cannot be reached, the copy bundled in a source checkout under
+3. when the Hub cannot be reached, the copy bundled in a source checkout under
    ``hub/<name>/``, with a warning naming the copy.
 
-The weights file's sha256 is checked against the registry before anything is loaded.
-Repositories live under one organisation, :data:`ORGANIZATION`.
+Wherever it comes from, the weights file's sha256 and the network that ``config.json``
+describes (its ``model_type`` and ``config``) are checked against the registry before anything
+is loaded. A local folder is used only when the caller gives a path (``./puvae-mnist``, an
+absolute path, or a name that is not registered), and is then loaded as it is, unverified: a
+folder in the working directory never shadows a registered name. Repositories live under one
+organisation, :data:`ORGANIZATION`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -32,10 +36,12 @@ from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 
 __all__ = [
     "ORGANIZATION",
+    "ConfigMismatchError",
     "HubUnreachableError",
     "PretrainedEntry",
     "WeightsHashError",
     "get_entry",
+    "is_registered_name",
     "list_models",
     "push_to_hub",
     "resolve_folder",
@@ -54,6 +60,10 @@ _REGISTRY_FILE = "registry.json"
 
 class WeightsHashError(ValueError):
     """A weights file's sha256 differs from the pinned one; the file was not loaded."""
+
+
+class ConfigMismatchError(ValueError):
+    """A registered model's ``config.json`` describes another network than the registry pins; nothing was loaded."""
 
 
 class HubUnreachableError(FileNotFoundError):
@@ -155,6 +165,13 @@ def get_entry(name: str) -> PretrainedEntry:
     return registry[name]
 
 
+def is_registered_name(name_or_path: str | os.PathLike[str]) -> bool:
+    """Whether this resolves through the registry: a registered name given as a string. A folder of
+    the same name in the working directory does not shadow it; ``Path("puvae-mnist")`` or
+    ``"./puvae-mnist"`` names the folder."""
+    return isinstance(name_or_path, str) and name_or_path in _registry()
+
+
 def _bundled_root() -> Path:
     """``hub/`` of a source checkout (absent from installed wheels)."""
     return Path(__file__).resolve().parent.parent / "hub"
@@ -180,7 +197,8 @@ def resolve_folder(
     """Find a verified folder holding ``config.json`` and ``model.safetensors``.
 
     Args:
-        name_or_path: local folder or weights file, registered name, or Hub repo id.
+        name_or_path: registered name (a string; verified), local folder or weights file (a path that
+            is not a registered name string: loaded unverified), or Hub repo id.
         model_type: what the caller will load (checks a registered name's type).
         revision: Hub revision for a repo id; registered names are pinned and accept
             only their own revision.
@@ -191,14 +209,15 @@ def resolve_folder(
     Raises:
         ValueError: unknown name, wrong model type, or a revision for a pinned name.
         WeightsHashError: the weights file does not match its pinned sha256.
+        ConfigMismatchError: its ``config.json`` describes another network than the registry pins.
         HubUnreachableError: a registered model is nowhere to be found.
         FileNotFoundError: a local path that does not exist or lacks files.
     """
     path = Path(name_or_path).expanduser()
-    if path.exists():
-        return _local_folder(path)
     text = str(name_or_path)
-    if text in _registry():
+    if path.exists() and not is_registered_name(name_or_path):
+        return _local_folder(path)
+    if is_registered_name(name_or_path):
         entry = get_entry(text)
         if entry.model_type != model_type:
             raise ValueError(f"{text!r} is a {entry.model_type}, not a {model_type}")
@@ -228,6 +247,28 @@ def _verify(path: Path, expected: str, *, source: str) -> None:
         raise WeightsHashError(
             f"sha256 mismatch for {path} ({source}): expected {expected}, got {actual}; the file was not "
             "loaded. Delete it (for the Hugging Face cache: `hf cache rm` or remove the file) and download again."
+        )
+
+
+def _verify_config(folder: Path, entry: PretrainedEntry, *, source: str) -> None:
+    """The folder's ``config.json`` must describe the network the registry pins (``model_type`` and ``config``)."""
+    path = folder / CONFIG_NAME
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ConfigMismatchError(f"{path} ({source}) cannot be read as JSON ({type(err).__name__}); nothing was loaded. "
+                                  "Delete it and download again.") from None
+    found = {"model_type": payload.get("model_type"), "config": payload.get("config")} if isinstance(payload, dict) else {}
+    pinned = {"model_type": entry.model_type, "config": dict(entry.config)}
+    if found != pinned:
+        differ = sorted(k for k in pinned["config"] if not isinstance(found.get("config"), dict)
+                        or found["config"].get(k) != pinned["config"][k])
+        extra = sorted(set(found.get("config") or {}) - set(pinned["config"])) if isinstance(found.get("config"), dict) else []
+        what = ", ".join([*(["model_type"] if found.get("model_type") != entry.model_type else []), *differ, *extra])
+        raise ConfigMismatchError(
+            f"{path} ({source}) describes another network than the registry pins for {entry.name!r} (differs in: "
+            f"{what or 'its layout'}); nothing was loaded. Delete it (for the Hugging Face cache: `hf cache rm`) and "
+            "download again."
         )
 
 
@@ -273,6 +314,7 @@ def _resolve_entry(entry: PretrainedEntry, revision: str | None) -> Path:
     try:
         weights = _download(entry.repo_id, rev, entry.filename, local_only=True)
         _verify(weights, entry.sha256, source="Hugging Face cache")
+        _verify_config(weights.parent, entry, source="Hugging Face cache")
         return weights.parent
     except unreachable:
         tried.append("the Hugging Face cache (not there)")
@@ -286,10 +328,12 @@ def _resolve_entry(entry: PretrainedEntry, revision: str | None) -> Path:
         tried.append(f"the Hub at {_endpoint()} ({type(err).__name__})")
     else:
         _verify(weights, entry.sha256, source=f"downloaded from {entry.repo_id}@{rev}")
+        _verify_config(weights.parent, entry, source=f"downloaded from {entry.repo_id}@{rev}")
         return weights.parent
     bundled = _bundled_root() / entry.name
     if (bundled / entry.filename).is_file() and (bundled / CONFIG_NAME).is_file():
         _verify(bundled / entry.filename, entry.sha256, source="bundled copy")
+        _verify_config(bundled, entry, source="bundled copy")
         warnings.warn(
             f"the Hugging Face Hub could not be reached; using the copy of {entry.name!r} bundled in this "
             f"source checkout at {bundled}",

@@ -104,3 +104,13 @@ def test_gaussian_noise_objective_trains_on_clipped_noise() -> None:
     assert 0 <= float(seen[0].min()) < 0.1 and 0.9 < float(seen[0].max()) <= 1  # noisy and clipped
     with pytest.raises(ValueError, match="sigma must be"):
         gaussian_noise_objective(0.0)
+
+
+def test_certified_figure(tmp_path) -> None:
+    from puvae_defense.visualize import certified_figure
+
+    data = synthetic_dataset(6)
+    report = certify_dataset(SmoothedClassifier(_template_classifier(), 0.5), data,
+                             CertifySettings(sigma=0.5, n0=10, n=50, limit=4), show_progress=False)
+    path = certified_figure({"template": report, "retrained": report}, tmp_path / "c.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import constants
 
 from puvae_defense import PuVAE, PurifiedClassifier, hub
-from puvae_defense.hub import HubUnreachableError, PretrainedEntry, WeightsHashError
+from puvae_defense.hub import ConfigMismatchError, HubUnreachableError, PretrainedEntry, WeightsHashError
 from puvae_defense.serialization import sha256_of
 
 from fake_hub import FakeHub
@@ -168,6 +168,47 @@ def test_bundled_copy_is_verified_too(published, fake_hub: FakeHub, monkeypatch,
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(WeightsHashError, match="bundled copy"):
         PuVAE.from_pretrained("puvae-tiny")
+
+
+def _edit_config(path: Path, **changes: object) -> None:
+    payload = json.loads(path.read_text())
+    payload["config"].update(changes)
+    path.write_text(json.dumps(payload))
+
+
+def test_an_edited_config_in_the_cache_is_refused(published, fake_hub: FakeHub, monkeypatch) -> None:
+    """The sha256 pins the weights file; the registry pins the network config.json describes too."""
+    PuVAE.from_pretrained("puvae-tiny")
+    config = next(Path(constants.HF_HUB_CACHE).rglob("snapshots/*/config.json")).resolve()
+    _edit_config(config, latent_dim=9)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigMismatchError, match=r"Hugging Face cache\) describes another network .*latent_dim"):
+        PuVAE.from_pretrained("puvae-tiny")
+    config.write_text("[1, 2")
+    with pytest.raises(ConfigMismatchError, match="cannot be read as JSON"):
+        PuVAE.from_pretrained("puvae-tiny")
+
+
+def test_an_edited_config_in_the_bundled_copy_is_refused(published, fake_hub: FakeHub, monkeypatch, tmp_path) -> None:
+    entry, folder = published
+    root = _bundle(folder, tmp_path)
+    _edit_config(root / "puvae-tiny" / "config.json", extra_layer=1)
+    monkeypatch.setattr(hub, "_bundled_root", lambda: root)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigMismatchError, match=r"bundled copy\) describes another network .*extra_layer"):
+        PuVAE.from_pretrained("puvae-tiny")
+
+
+def test_a_local_folder_never_shadows_a_registered_name(published, fake_hub: FakeHub, monkeypatch, tmp_path) -> None:
+    entry, folder = published
+    torch.manual_seed(1)
+    impostor = PuVAE(PuVAE.from_pretrained(folder).config)
+    impostor.save_pretrained(tmp_path / "cwd" / "puvae-tiny")
+    monkeypatch.chdir(tmp_path / "cwd")
+    by_name = PurifiedClassifier(torch.nn.Flatten(), "puvae-tiny", check_num_classes=False).purifier
+    assert _same_weights(by_name, PuVAE.from_pretrained(folder)) and not _same_weights(by_name, impostor)
+    for as_path in ("./puvae-tiny", Path("puvae-tiny")):  # a path names the folder, unverified
+        assert _same_weights(PuVAE.from_pretrained(as_path), impostor)
 
 
 def test_save_serve_load_round_trip_is_bit_identical(tiny_vae: PuVAE, fake_hub: FakeHub, tmp_path) -> None:

@@ -279,6 +279,18 @@ def test_fit_with_attack_models_trains_and_leaves_them_untouched() -> None:
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
 
 
+def test_gaussian_noise_has_the_amplitude_as_its_standard_deviation(tiny_vae) -> None:
+    images = torch.full((64, 1, 28, 28), 0.5)
+    labels = torch.arange(64) % 10
+    objective = _objective(tiny_vae, tiny_source().eval(), noise_kind="gaussian", input_noise=0.1, noise_fraction=0.5)
+    torch.manual_seed(0)
+    moved = objective._perturbed(images, labels)
+    delta = (moved - images).flatten(1)
+    assert float(delta[:32].std()) == pytest.approx(0.1, rel=0.05)  # unbounded noise, not an L-inf budget
+    assert float(delta[:32].abs().max()) > 0.3 and bool((delta[32:] == 0).all())
+    assert 0 <= float(moved.min()) and float(moved.max()) <= 1
+
+
 def test_uniform_amplitude_varies_per_image(tiny_vae) -> None:
     data = synthetic_dataset(32)
     objective = _objective(tiny_vae, tiny_source().eval(), noise_kind="sign", noise_amplitude="uniform", input_noise=0.3)

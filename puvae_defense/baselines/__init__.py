@@ -47,17 +47,17 @@ def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device 
     ``"none"`` is :class:`NoPurifier`. PuVAE folders give a :class:`~puvae_defense.PuVAE`, MagNet
     folders a :class:`MagNetReformer`, Defense-GAN folders a :class:`DefenseGAN`.
     """
-    from ..hub import get_entry, list_models, model_class
+    from ..hub import get_entry, is_registered_name, model_class
 
     if str(name_or_path) == "none":
         return NoPurifier().to(device)
     purifier_types = ("puvae", "magnet", "defense-gan")
     path = Path(name_or_path)
     folder = path.parent if path.is_file() else path
-    if (folder / "config.json").is_file():
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    elif str(name_or_path) in list_models():
+    if is_registered_name(name_or_path):  # before any folder of the same name, which never shadows it
         model_type = get_entry(str(name_or_path)).model_type
+    elif (folder / "config.json").is_file():
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     else:
         model_type = "puvae"  # a Hub repo id: the library's own models
     if model_type not in purifier_types:
