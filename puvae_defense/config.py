@@ -13,7 +13,12 @@ from typing import Any
 
 from typing_extensions import Self
 
-__all__ = ["PuVAEConfig"]
+__all__ = ["MAX_LAYERS", "PuVAEConfig"]
+
+
+#: Most layers of one kind a config may ask for: far beyond any PuVAE, and a guard against a
+#: hostile ``config.json`` that would spend minutes building millions of modules.
+MAX_LAYERS = 64
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -77,6 +82,10 @@ class PuVAEConfig:
             _positive_int(name, getattr(self, name))
         if not self.encoder_hidden:
             raise ValueError("PuVAEConfig.encoder_hidden needs at least one layer width")
+        for name, count in (("num_convs", self.num_convs), ("num_deconvs", self.num_deconvs),
+                            ("encoder_hidden (its length)", len(self.encoder_hidden))):
+            if count > MAX_LAYERS:
+                raise ValueError(f"PuVAEConfig.{name} is {count}; at most {MAX_LAYERS} layers of one kind are allowed")
         for width in self.encoder_hidden:
             _positive_int("encoder_hidden", width)
         if self.conv_kernel % 2 == 0 or self.deconv_kernel % 2 == 0:

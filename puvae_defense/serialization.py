@@ -26,6 +26,7 @@ __all__ = [
     "PretrainedMixin",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
+    "check_weights_header",
     "load_state_dict_into",
     "read_config",
     "read_metadata",
@@ -121,9 +122,14 @@ def read_config(directory: str | os.PathLike[str], *, model_type: str) -> dict[s
     try:
         payload = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupt {path}: not valid JSON ({err}); re-download or re-save the weights") from err
+        raise ValueError(f"corrupt {path}: not valid JSON ({err}); re-download or re-save the weights") from None
+    except RecursionError:
+        raise ValueError(f"corrupt {path}: JSON nested too deeply to be a config; re-download or re-save the weights") from None
     if not isinstance(payload, dict) or "config" not in payload or "model_type" not in payload:
-        raise ValueError(f"{path} is not a {LIBRARY_NAME} config (needs 'model_type' and 'config' fields)")
+        raise ValueError(f"{path} is not a {LIBRARY_NAME} config (needs a JSON object with 'model_type' and 'config' fields, "
+                         f"got {type(payload).__name__})")
+    if not isinstance(payload["config"], dict):
+        raise ValueError(f"{path}: field 'config' must be a JSON object, got {type(payload['config']).__name__}")
     if payload["model_type"] != model_type:
         raise ValueError(f"{path} holds a {payload['model_type']!r} model, not a {model_type!r}")
     if payload.get("format_version") != FORMAT_VERSION:
@@ -153,6 +159,55 @@ def write_metadata(directory: str | os.PathLike[str], metadata: Mapping[str, Any
     payload = json.loads(path.read_text())
     payload["metadata"] = dict(metadata)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+#: dtypes a weights file may store floating tensors in (safetensors header names).
+_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+_HEADER_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
+                  torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                  torch.bool: "BOOL"}
+
+
+def check_weights_header(expected: Mapping[str, torch.Tensor], weights_path: str | os.PathLike[str]) -> None:
+    """Check a safetensors file's header (names, shapes, dtypes) against a model's ``state_dict``,
+    reading the header only: nothing of the file's size is allocated before it passes.
+
+    ``expected`` may live on the meta device. Floating tensors must be stored as float16,
+    bfloat16 or float32; other tensors in their own dtype.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: corrupt header, other keys, shapes or dtypes.
+    """
+    from safetensors import safe_open
+
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = {key: (tuple(handle.get_slice(key).get_shape()), handle.get_slice(key).get_dtype())
+                      for key in handle.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"corrupt weights file {path}: {err}; re-download or re-save the weights") from None
+    missing, unexpected = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"weights file {path} does not match the model: missing keys {missing}, unexpected keys "
+            f"{unexpected}; check that config.json belongs to these weights"
+        )
+    wrong_shapes = sorted(f"{key}: file {header[key][0]} vs model {tuple(value.shape)}"
+                          for key, value in expected.items() if header[key][0] != tuple(value.shape))
+    if wrong_shapes:
+        raise ValueError(f"weights file {path} has shapes that do not match the model (check that config.json belongs "
+                         f"to these weights): {wrong_shapes}")
+    wrong_dtypes = sorted(
+        f"{key}: {header[key][1]}" for key, value in expected.items()
+        if (header[key][1] not in _FLOAT_DTYPES if value.is_floating_point() else header[key][1] != _HEADER_DTYPES.get(value.dtype))
+    )
+    if wrong_dtypes:
+        raise ValueError(f"weights file {path} stores tensors in dtypes this model cannot take (floating weights must be "
+                         f"F16, BF16 or F32): {wrong_dtypes}")
 
 
 def load_state_dict_into(module: nn.Module, weights_path: str | os.PathLike[str]) -> nn.Module:
@@ -229,6 +284,16 @@ class PretrainedMixin:
         return save_folder(self, directory, model_type=self.model_type, config=self._config_dict(), dtype=dtype, extra=extra)
 
     @classmethod
+    def _build_checked(cls, config: dict[str, Any], path: Path) -> nn.Module:
+        """The module for a ``config`` read from ``path``; a malformed config is a ``ValueError`` naming the file."""
+        try:
+            model = cls._from_config_dict(config)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"{path}: invalid 'config' for a {cls.model_type} model: {err}") from None
+        assert isinstance(model, nn.Module)
+        return model
+
+    @classmethod
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike[str],
@@ -252,7 +317,12 @@ class PretrainedMixin:
         from .hub import resolve_folder
 
         folder = resolve_folder(name_or_path, model_type=cls.model_type, revision=revision)  # type: ignore[arg-type]
-        model = cls._from_config_dict(read_config(folder, model_type=cls.model_type))
-        assert isinstance(model, nn.Module)
+        config = read_config(folder, model_type=cls.model_type)
+        # Built first on the meta device (no memory) and checked against the file's header, so a
+        # config that asks for terabytes fails before anything of its size is allocated.
+        with torch.device("meta"):
+            skeleton = cls._build_checked(config, folder / CONFIG_NAME)
+        check_weights_header(skeleton.state_dict(), folder / WEIGHTS_NAME)
+        model = cls._build_checked(config, folder / CONFIG_NAME)
         load_state_dict_into(model, folder / WEIGHTS_NAME)
         return model.to(device=device, dtype=dtype).eval()  # type: ignore[return-value]

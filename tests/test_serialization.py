@@ -128,3 +128,53 @@ def test_write_metadata_replaces_only_the_metadata(tmp_path) -> None:
     assert PuVAE.from_pretrained(tmp_path / "model").config == PuVAE(TINY_MNIST).config
     with pytest.raises(FileNotFoundError, match="save the model"):
         write_metadata(tmp_path / "missing", {"epochs": 1})
+
+
+def _with_config(folder, **changes) -> None:
+    payload = json.loads((folder / "config.json").read_text())
+    payload["config"].update(changes)
+    (folder / "config.json").write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize("changes", [{"latent_dim": 10**9}, {"encoder_hidden": [10**6, 10**6]},
+                                     {"image_shape": [1, 10**5, 10**5]}])
+def test_a_config_asking_for_huge_layers_fails_before_allocating(tmp_path, tiny_vae: PuVAE, changes) -> None:
+    """Regression (hardening): the loader tried to allocate terabytes before any check."""
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    _with_config(folder, **changes)
+    with pytest.raises(ValueError, match="(shapes that do not match|invalid 'config')"):
+        PuVAE.from_pretrained(folder)
+
+
+def test_a_config_asking_for_millions_of_layers_is_refused_at_once(tmp_path, tiny_vae: PuVAE) -> None:
+    for changes, field in (({"num_convs": 10**7}, "num_convs"), ({"encoder_hidden": [8] * 10**5}, "encoder_hidden")):
+        folder = tiny_vae.save_pretrained(tmp_path / field)
+        _with_config(folder, **changes)
+        with pytest.raises(ValueError, match=rf"config.json: invalid 'config' for a puvae model: .*{field}.*at most 64"):
+            PuVAE.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.float64, torch.uint8])
+def test_weights_of_a_wrong_dtype_are_refused(tmp_path, tiny_vae: PuVAE, dtype: torch.dtype) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    state = load_file(folder / "model.safetensors")
+    state["encoder_in.weight"] = state["encoder_in.weight"].to(dtype)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"dtypes this model cannot take .*\['encoder_in.weight: "):
+        PuVAE.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[1, 2, 3]", "needs a JSON object .* got list"),
+    ("[" * 100_000 + "]" * 100_000, "(nested too deeply|not valid JSON)"),
+    (json.dumps({"model_type": "puvae", "config": [1], "format_version": 1}), "field 'config' must be a JSON object"),
+    (json.dumps({"model_type": "puvae", "config": {"latent_dim": "32"}, "format_version": 1}),
+     "invalid 'config' for a puvae model: .*latent_dim"),
+    (json.dumps({"model_type": "puvae", "config": {"bogus": 1}, "format_version": 1}), "unknown PuVAEConfig keys"),
+])
+def test_malformed_configs_are_value_errors_naming_the_file(tmp_path, tiny_vae: PuVAE, text: str, message: str) -> None:
+    folder = tiny_vae.save_pretrained(tmp_path / "m")
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        PuVAE.from_pretrained(folder)
+    assert "config.json" in str(info.value)
