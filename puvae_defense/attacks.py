@@ -19,11 +19,14 @@ closed forms and budgets in ``tests/test_attacks.py``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._checks import check_images, check_labels
 
 __all__ = ["BPDA", "bpda", "cw_l2", "fgsm", "ifgsm", "pgd", "rand_fgsm", "random_targets"]
 
@@ -36,18 +39,56 @@ def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Gene
     return (labels + shift) % num_classes
 
 
+def _check_attack_inputs(images: object, labels: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images a finite floating ``(B, C, H, W)`` batch in [0, 1], labels ``(B,)`` non-negative
+    integers (their upper bound is checked against the model's logits, :func:`_logits`)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.device.type == "meta":
+        raise ValueError("images are on the meta device: they have no values to attack")
+    if images.dim() != 4:
+        raise ValueError(f"images must be a (B, C, H, W) batch, got shape {tuple(images.shape)}")
+    images = check_images(images, tuple(images.shape[1:]))
+    if isinstance(labels, torch.Tensor) and labels.numel() and not labels.dtype.is_floating_point \
+            and labels.dtype != torch.bool and int(labels.min()) < 0:
+        raise ValueError(f"labels must be non-negative class indices, got {int(labels.min())}")
+    return images, check_labels(labels, images.shape[0], torch.iinfo(torch.int64).max)
+
+
+def _logits(model: Model, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The model's logits; labels beyond their width are an error, not torch's index error."""
+    logits = model(images)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return ({images.shape[0]}, num_classes) logits, got {got}")
+    if labels.numel() and int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"labels must be in [0, {logits.shape[1] - 1}] (the model has {logits.shape[1]} logits), "
+                         f"got {int(labels.max())}")
+    return logits
+
+
 def _gradient_sign(model: Model, images: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Sign of the gradient of the loss to increase (untargeted) or of -loss (targeted)."""
     with torch.enable_grad():  # attacks work inside torch.no_grad() blocks too
         x = images.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), labels)
+        loss = F.cross_entropy(_logits(model, x, labels), labels)
         (grad,) = torch.autograd.grad(-loss if targeted else loss, x)
     return grad.sign()
 
 
 def _check_budget(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+
+
+def _check_steps(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (fewer steps would return the clean images), got {value!r}")
 
 
 def fgsm(model: Model, images: torch.Tensor, labels: torch.Tensor, *, eps: float, targeted: bool = False) -> torch.Tensor:
@@ -61,6 +102,7 @@ def fgsm(model: Model, images: torch.Tensor, labels: torch.Tensor, *, eps: float
         targeted: step down the target's loss instead of up the true label's.
     """
     _check_budget("eps", eps)
+    images, labels = _check_attack_inputs(images, labels)
     return (images + eps * _gradient_sign(model, images, labels, targeted)).clamp(0, 1).detach()
 
 
@@ -79,7 +121,9 @@ def ifgsm(
     Defaults are CleverHans' ``BasicIterativeMethod`` (step 0.05, 10 steps).
     """
     _check_budget("eps", eps)
-    _check_budget("step_size", step_size)
+    _check_positive("step_size", step_size)
+    _check_steps("steps", steps)
+    images, labels = _check_attack_inputs(images, labels)
     x = images.detach()
     for _ in range(steps):
         x = x + step_size * _gradient_sign(model, x, labels, targeted)
@@ -102,8 +146,9 @@ def rand_fgsm(
     The total L-inf perturbation is at most ``eps`` (paper: alpha 0.05, eps 0.3 on MNIST).
     """
     _check_budget("eps", eps)
-    if not 0 <= alpha <= eps:
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= eps:
         raise ValueError(f"alpha must be in [0, eps={eps}], got {alpha!r}")
+    images, labels = _check_attack_inputs(images, labels)
     noise = torch.randn(images.shape, generator=generator, device="cpu").to(images.device, images.dtype)
     start = (images + alpha * noise.sign()).clamp(0, 1)
     return (start + (eps - alpha) * _gradient_sign(model, start, labels, targeted)).clamp(0, 1).detach()
@@ -129,8 +174,12 @@ def cw_l2(
     values of ``c`` per image (x10 until the first success, then bisection). Returns the
     successful example with the smallest L2 distortion, or the input where none succeeded.
     """
-    if steps < 1 or binary_search_steps < 1:
-        raise ValueError("steps and binary_search_steps must be >= 1")
+    _check_steps("steps", steps)
+    _check_steps("binary_search_steps", binary_search_steps)
+    _check_positive("lr", lr)
+    _check_positive("initial_const", initial_const)
+    _check_budget("confidence", confidence)
+    images, labels = _check_attack_inputs(images, labels)
     x0 = images.detach().clamp(0, 1)
     batch = x0.shape[0]
     device = x0.device
@@ -157,7 +206,7 @@ def cw_l2(
         for _ in range(steps):
             with torch.enable_grad():
                 adv = (torch.tanh(w) + 1) / 2
-                logits = model(adv)
+                logits = _logits(model, adv, labels)
                 one_hot = F.one_hot(labels, logits.shape[1]).bool()
                 real = logits[one_hot]
                 other = logits.masked_fill(one_hot, float("-inf")).amax(1)
@@ -199,8 +248,10 @@ def pgd(
     Madry et al.'s MNIST settings (eps 0.3, 40 steps of 0.01, random start).
     """
     _check_budget("eps", eps)
-    if eot_samples < 1:
-        raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
+    _check_positive("step_size", step_size)
+    _check_steps("steps", steps)
+    _check_steps("eot_samples", eot_samples)
+    images, labels = _check_attack_inputs(images, labels)
     x0 = images.detach()
     x = x0
     if random_start:
@@ -210,7 +261,7 @@ def pgd(
     for _ in range(steps):
         with torch.enable_grad():
             x_var = x.detach().requires_grad_(True)
-            logits = model(x_var.repeat(eot_samples, 1, 1, 1))
+            logits = _logits(model, x_var.repeat(eot_samples, 1, 1, 1), repeated_labels)
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, repeated_labels), x_var)
         x = x + step_size * grad.sign()
         x = torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1).detach()

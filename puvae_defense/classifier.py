@@ -11,7 +11,7 @@ from torch import nn
 from ._checks import check_images
 from .baselines.base import ImagePurifier
 from .kernels import Backend
-from .model import Projection, PuVAE
+from .model import Projection, PuVAE, check_sigma_eps
 
 __all__ = ["PurifiedClassifier"]
 
@@ -65,6 +65,7 @@ class PurifiedClassifier(nn.Module):
         super().__init__()
         if not callable(classifier):
             raise TypeError(f"classifier must be a callable nn.Module, got {type(classifier).__name__}")
+        sigma_eps = check_sigma_eps(sigma_eps)  # before loading anything
         if isinstance(purifier, (str, os.PathLike)):
             from .baselines import load_purifier
 
@@ -77,13 +78,11 @@ class PurifiedClassifier(nn.Module):
         for name, transform in (("preprocess", preprocess), ("input_transform", input_transform)):
             if transform is not None and not callable(transform):
                 raise TypeError(f"{name} must be callable, got {type(transform).__name__}")
-        if not isinstance(sigma_eps, (int, float)) or isinstance(sigma_eps, bool) or not sigma_eps >= 0:
-            raise ValueError(f"sigma_eps must be a non-negative number, got {sigma_eps!r}")
         self.classifier = classifier
         self.purifier = purifier
         self.preprocess = preprocess
         self.input_transform = input_transform
-        self.sigma_eps = float(sigma_eps)
+        self.sigma_eps = sigma_eps
         self.max_batch = max_batch
         self.backend: Backend = backend
         self.check_num_classes = check_num_classes

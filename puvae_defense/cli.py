@@ -40,6 +40,80 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (image counts, batch sizes, epochs, steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """A finite float (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _sigma_eps(text: str) -> float:
+    from .model import MAX_SIGMA_EPS
+
+    value = _nonnegative_float(text)
+    if value > MAX_SIGMA_EPS:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, {MAX_SIGMA_EPS:g}] (paper: 0.1), got {text!r}")
+    return value
+
+
+def _new_file(path: str | Path, *, option: str) -> Path:
+    """``path`` for a file the command will write: not a folder, in a folder that can be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise SystemExit(f"{option} {path} is a folder; give the file to write")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise SystemExit(f"{option} {path}: {path.parent} is a file, not a folder")
+    return path
+
+
+def _new_folder(path: str | Path, *, option: str) -> Path:
+    """``path`` for a folder the command will write into: not an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"{option} {path} is a file; give a folder")
+    return path
+
+
 def _command(args: argparse.Namespace) -> str:
     """The command line that ran (``main``'s own arguments, also when called from Python)."""
     return shlex.join(["puvae-defense", *args.argv])
@@ -139,6 +213,7 @@ def _cmd_purify(args: argparse.Namespace) -> None:
     from .model import PuVAE
     from .purification import purify_dataset
 
+    _new_file(args.out, option="--out")  # before the work, not at its end
     data = load_dataset(args.dataset, args.split, root=args.data_root)
     if args.limit is not None:
         data = data.subset(0, args.limit)
@@ -157,6 +232,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from .export import OnnxModel, compare_onnx, export_onnx
     from .model import PuVAE
 
+    _new_file(args.out, option="--out")
     purifier = PuVAE.from_pretrained(args.purifier)
     model = PurifiedClassifier(_load_classifier(args.classifier, "cpu"), purifier, sigma_eps=0.0) if args.classifier else purifier
     path = export_onnx(model, args.out)
@@ -306,7 +382,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             sigma_eps=args.sigma_eps, seed=args.seed, dataset=args.dataset, overrides=_attack_params(args.attack_param),
         )
     except ValueError as error:
-        raise SystemExit(f"evaluate: {error}") from None
+        raise SystemExit(str(error)) from None
+    out = _new_folder(args.out, option="--out")
+    if args.figure:
+        _new_file(args.figure, option="--figure")
     purifiers, nets, defenses, sources, test = _evaluation_inputs(args)
     cache = AttackCache(args.cache) if args.cache else None
     transfer = [label for label in defenses if ADVERSARIAL_TRAINING.get(label)]
@@ -316,7 +395,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     report["meta"]["command"] = _command(args)
     report["meta"]["classifiers"] = args.classifiers
     report["meta"]["defense_sources"] = sources
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = results_markdown(report)
@@ -347,7 +425,8 @@ def _cmd_certify(args: argparse.Namespace) -> None:
         settings = CertifySettings(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha, limit=args.limit,
                                    seed=args.seed, batch_size=args.batch_size)
     except ValueError as error:
-        raise SystemExit(f"certify: {error}") from None
+        raise SystemExit(str(error)) from None
+    out = _new_folder(args.out, option="--out")
     net = _load_classifier(args.classifier, args.device)
     base: torch.nn.Module = net
     key: dict[str, Any] = {"dataset": args.dataset, "classifier": args.classifier,
@@ -361,7 +440,6 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     report = certify_dataset(smoothed, test, settings, key=key, progress_file=args.progress, device=args.device,
                              show_progress=not args.quiet)
     report["meta"]["command"] = _command(args)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"certify_{args.dataset}_{Path(args.classifier).name}_{Path(args.purifier).name}_sigma{args.sigma:g}"
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -397,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``puvae-defense``."""
     parser = argparse.ArgumentParser(prog="puvae-defense", description="PuVAE adversarial purification")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="offline data sets")
@@ -430,9 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_clf.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     train_clf.add_argument("--arch", required=True, choices=["A", "B", "C", "D", "source", "cw"])
     train_clf.add_argument("--out", required=True)
-    train_clf.add_argument("--epochs", type=int, default=10)
-    train_clf.add_argument("--seed", type=int, default=0)
-    train_clf.add_argument("--noise-sigma", type=float, default=None, metavar="SIGMA",
+    train_clf.add_argument("--epochs", type=_positive_int, default=10)
+    train_clf.add_argument("--seed", type=_count, default=0)
+    train_clf.add_argument("--noise-sigma", type=_positive_float, default=None, metavar="SIGMA",
                            help="train on Gaussian-noisy images clip(x + SIGMA * N(0, I)) (Cohen et al.'s base classifier "
                                 "for randomized smoothing; default: clean images)")
     train_clf.add_argument("--device", default=None)
@@ -456,18 +535,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "'<dataset>-adv-classifier-<name>', e.g. mnist-adv-classifier-a)")
     ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
-    ev.add_argument("--limit", type=int, default=None, help="first N test images (default all)")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="first N test images (default all)")
     ev.add_argument("--adaptive", nargs="*", default=list(ADAPTIVE_KEYS), choices=list(ADAPTIVE_KEYS),
                     help="adaptive attacks: PGD through the full purifier, with BPDA, with BPDA on a projection "
                          "tracked from step to step (Defense-GAN only), with EOT, on the purifier's distances "
                          "(PuVAE only) (default all that apply)")
-    ev.add_argument("--adaptive-limit", type=int, default=1000, help="images for adaptive attacks (0: none)")
+    ev.add_argument("--adaptive-limit", type=_count, default=1000, help="images for adaptive attacks (0: none)")
     ev.add_argument("--attack-param", nargs="+", default=[], metavar="KEY=VALUE",
                     help="replace an attack parameter, e.g. pgd_steps=100 or bpda_track_every_restart=false "
                          "(the names of evaluation.ATTACK_SETTINGS; recorded in the report)")
-    ev.add_argument("--batch-size", type=int, default=500)
-    ev.add_argument("--sigma-eps", type=float, default=0.1)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=_positive_int, default=500)
+    ev.add_argument("--sigma-eps", type=_sigma_eps, default=0.1)
+    ev.add_argument("--seed", type=_count, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--data-root", default=None)
     ev.add_argument("--out", default="docs/results")
@@ -495,14 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--purifier", default="none",
                       help="denoiser in front of the classifier: folder, registered name (e.g. puvae-mnist-smooth, "
                            "magnet-mnist) or 'none' (default: none, the classifier smoothed alone)")
-    cert.add_argument("--sigma", type=float, required=True, help="standard deviation of the smoothing noise")
-    cert.add_argument("--n0", type=int, default=100, help="noisy copies that choose the class (default 100)")
-    cert.add_argument("--n", type=int, default=10_000, help="noisy copies that bound its probability (default 10,000)")
-    cert.add_argument("--alpha", type=float, default=0.001, help="failure probability of a certificate (default 0.001)")
-    cert.add_argument("--limit", type=int, default=200, help="certify the first N test images (default 200)")
-    cert.add_argument("--batch-size", type=int, default=1000, help="noisy copies classified at once (default 1000)")
-    cert.add_argument("--sigma-eps", type=float, default=0.1, help="PuVAE's sampling noise (default 0.1)")
-    cert.add_argument("--seed", type=int, default=0, help="image i's noise is seeded with seed * 1000003 + i (default 0)")
+    cert.add_argument("--sigma", type=_positive_float, required=True, help="standard deviation of the smoothing noise")
+    cert.add_argument("--n0", type=_positive_int, default=100, help="noisy copies that choose the class (default 100)")
+    cert.add_argument("--n", type=_positive_int, default=10_000, help="noisy copies that bound its probability (default 10,000)")
+    cert.add_argument("--alpha", type=_positive_float, default=0.001, help="failure probability of a certificate (default 0.001)")
+    cert.add_argument("--limit", type=_positive_int, default=200, help="certify the first N test images (default 200)")
+    cert.add_argument("--batch-size", type=_positive_int, default=1000, help="noisy copies classified at once (default 1000)")
+    cert.add_argument("--sigma-eps", type=_sigma_eps, default=0.1, help="PuVAE's sampling noise (default 0.1)")
+    cert.add_argument("--seed", type=_count, default=0, help="image i's noise is seeded with seed * 1000003 + i (default 0)")
     cert.add_argument("--device", default="cpu", help="default cpu")
     cert.add_argument("--data-root", default=None)
     cert.add_argument("--out", default="runs/certify", help="folder of the JSON report (default runs/certify)")
@@ -528,16 +607,16 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--out", required=True)
     baseline.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     baseline.add_argument("--arch", default="A", choices=["A", "B", "C", "D", "source", "cw"], help="adv-training only")
-    baseline.add_argument("--epochs", type=int, default=None, help="default: MagNet 100, adversarial training 5")
-    baseline.add_argument("--eps", type=float, default=0.3, help="adv-training: FGSM budget")
-    baseline.add_argument("--clean-weight", type=float, default=0.5, help="adv-training: weight of the clean loss")
-    baseline.add_argument("--noise", type=float, default=0.1, help="magnet: training noise (standard deviation)")
-    baseline.add_argument("--generator-steps", type=int, default=20000,
+    baseline.add_argument("--epochs", type=_positive_int, default=None, help="default: MagNet 100, adversarial training 5")
+    baseline.add_argument("--eps", type=_nonnegative_float, default=0.3, help="adv-training: FGSM budget")
+    baseline.add_argument("--clean-weight", type=_nonnegative_float, default=0.5, help="adv-training: weight of the clean loss")
+    baseline.add_argument("--noise", type=_nonnegative_float, default=0.1, help="magnet: training noise (standard deviation)")
+    baseline.add_argument("--generator-steps", type=_positive_int, default=20000,
                           help="defense-gan: generator updates (Defense-GAN trains 200,000)")
     baseline.add_argument("--checkpoint-dir", default=None, help="defense-gan: checkpoints every 1,000 steps; resumes")
-    baseline.add_argument("--val-images", type=int, default=64,
+    baseline.add_argument("--val-images", type=_count, default=64,
                           help="defense-gan: validation images projected (L = 200, R = 20: seconds per image on a CPU)")
-    baseline.add_argument("--seed", type=int, default=0)
+    baseline.add_argument("--seed", type=_count, default=0)
     baseline.add_argument("--device", default=None)
     baseline.add_argument("--data-root", default=None)
     baseline.set_defaults(func=_cmd_train_baseline)
@@ -547,10 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     purify.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     purify.add_argument("--split", default="test", choices=["train", "val", "test"])
     purify.add_argument("--out", required=True, help="the .safetensors file to write")
-    purify.add_argument("--limit", type=int, default=None, help="first N images (default all)")
-    purify.add_argument("--batch-size", type=int, default=500)
-    purify.add_argument("--sigma-eps", type=float, default=0.1)
-    purify.add_argument("--seed", type=int, default=0)
+    purify.add_argument("--limit", type=_positive_int, default=None, help="first N images (default all)")
+    purify.add_argument("--batch-size", type=_positive_int, default=500)
+    purify.add_argument("--sigma-eps", type=_sigma_eps, default=0.1)
+    purify.add_argument("--seed", type=_count, default=0)
     purify.add_argument("--device", default="cpu")
     purify.add_argument("--data-root", default=None)
     purify.set_defaults(func=_cmd_purify)
@@ -561,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also put this classifier (folder or registered name) behind the purifier: the graph outputs "
                              "logits; without it the graph outputs purified images, labels and distances")
     export.add_argument("--out", required=True, help="the .onnx file")
-    export.add_argument("--check", type=int, default=0, metavar="N",
+    export.add_argument("--check", type=_count, default=0, metavar="N",
                         help="compare onnxruntime with torch on the first N test images and print the agreement")
     export.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     export.add_argument("--data-root", default=None)
@@ -572,13 +651,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors that mean the user asked for something that cannot be done (a bad file, value or name):
+#: reported as one line, exit status 2, no traceback (``--debug`` shows it).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, PermissionError,
+                                                IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 done, 2 a user error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    args.func(args)
+    try:
+        args.func(args)
+    except SystemExit as stop:  # the commands' own checks: SystemExit("message")
+        if isinstance(stop.code, str) and not args.debug:
+            print(f"{parser.prog} {args.command}: error: {stop.code}", file=sys.stderr)
+            return 2
+        raise
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{parser.prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

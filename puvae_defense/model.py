@@ -389,6 +389,19 @@ def _subpixel_index(kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index, mask
 
 
+#: Largest sampling noise a projection accepts, in units of the posterior's standard deviation
+#: (the paper samples with 0.1, training with 1): beyond it the decodings are noise, and at
+#: ``inf`` or ``1e300`` they were NaN.
+MAX_SIGMA_EPS = 10.0
+
+
+def check_sigma_eps(sigma_eps: object) -> float:
+    """``sigma_eps`` as a float in ``[0, MAX_SIGMA_EPS]``; anything else is a ``ValueError``."""
+    if not isinstance(sigma_eps, (int, float)) or isinstance(sigma_eps, bool) or not 0 <= sigma_eps <= MAX_SIGMA_EPS:
+        raise ValueError(f"sigma_eps must be a number in [0, {MAX_SIGMA_EPS:g}] (paper: 0.1), got {sigma_eps!r}")
+    return float(sigma_eps)
+
+
 def _noise(
     shape: tuple[int, ...],
     sigma_eps: float,
@@ -402,8 +415,7 @@ def _noise(
     whatever device the model is on) in float32, then moves to ``like``.
     """
     dtype = dtype or like.dtype
-    if not isinstance(sigma_eps, (int, float)) or isinstance(sigma_eps, bool) or not sigma_eps >= 0:
-        raise ValueError(f"sigma_eps must be a non-negative number, got {sigma_eps!r}")
+    check_sigma_eps(sigma_eps)
     if sigma_eps == 0:
         return torch.zeros(shape, dtype=dtype, device=like.device)
     if generator is None:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from puvae_defense import attacks
 from puvae_defense.attacks import bpda, cw_l2, fgsm, ifgsm, pgd, rand_fgsm, random_targets
 
 
@@ -137,3 +140,52 @@ def test_attacks_work_inside_no_grad(batch) -> None:
     with torch.no_grad():
         adv = fgsm(_linear(), x, y, eps=0.1)
     assert (adv - x).abs().max() > 0
+
+
+# ---------------------------------------------------------------------------- argument checks (hardening)
+def _linear() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+_X = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+_Y = torch.tensor([0, 2])
+
+
+@pytest.mark.parametrize(("attack", "message"), [
+    (lambda m: attacks.ifgsm(m, _X, _Y, eps=0.3, steps=0), "steps must be an integer >= 1"),
+    (lambda m: attacks.ifgsm(m, _X, _Y, eps=0.3, steps=-1), "steps must be an integer >= 1"),
+    (lambda m: attacks.ifgsm(m, _X, _Y, eps=0.3, step_size=0.0), "step_size must be a finite positive"),
+    (lambda m: attacks.pgd(m, _X, _Y, steps=0, random_start=False), "steps must be an integer >= 1"),
+    (lambda m: attacks.pgd(m, _X, _Y, step_size=math.nan), "step_size must be a finite positive"),
+    (lambda m: attacks.pgd(m, _X, _Y, eps=math.inf), "eps must be a finite non-negative"),
+    (lambda m: attacks.rand_fgsm(m, _X, _Y, eps=math.inf, alpha=0.05), "eps must be a finite non-negative"),
+    (lambda m: attacks.rand_fgsm(m, _X, _Y, eps=0.3, alpha=math.nan), "alpha must be in"),
+    (lambda m: attacks.fgsm(m, _X, _Y, eps=math.nan), "eps must be a finite non-negative"),
+    (lambda m: attacks.cw_l2(m, _X, _Y, initial_const=-1.0), "initial_const must be a finite positive"),
+    (lambda m: attacks.cw_l2(m, _X, _Y, initial_const=math.nan), "initial_const must be a finite positive"),
+    (lambda m: attacks.cw_l2(m, _X, _Y, confidence=math.nan), "confidence must be a finite non-negative"),
+    (lambda m: attacks.cw_l2(m, _X, _Y, steps=0), "steps must be an integer >= 1"),
+    (lambda m: attacks.fgsm(m, _X, torch.tensor([0, 3]), eps=0.3), r"labels must be in \[0, 2\] \(the model has 3"),
+    (lambda m: attacks.pgd(m, _X, torch.tensor([0, 5]), steps=1), r"labels must be in \[0, 2\]"),
+    (lambda m: attacks.cw_l2(m, _X, torch.tensor([0, 5]), steps=1), r"labels must be in \[0, 2\]"),
+    (lambda m: attacks.fgsm(m, _X, torch.tensor([0, -1]), eps=0.3), "labels must be non-negative"),
+    (lambda m: attacks.fgsm(m, _X, torch.tensor([0]), eps=0.3), r"labels must have shape \(2,\)"),
+    (lambda m: attacks.fgsm(m, _X * 2, _Y, eps=0.3), r"values in \[0, 1\]"),
+    (lambda m: attacks.fgsm(m, _X[0], _Y, eps=0.3), r"\(B, C, H, W\) batch"),
+    (lambda m: attacks.fgsm(m, torch.zeros(2, 1, 4, 4, device="meta"), _Y, eps=0.3), "meta device"),
+])
+def test_bad_attack_arguments_are_value_errors(attack, message: str) -> None:
+    """Regression (hardening): these returned the clean images, NaN, or torch's own index errors."""
+    with pytest.raises(ValueError, match=message):
+        attack(_linear())
+
+
+@pytest.mark.parametrize(("attack", "message"), [
+    (lambda m: attacks.fgsm(m, _X, _Y.float(), eps=0.3), "integer class indices"),
+    (lambda m: attacks.fgsm(m, (_X * 255).to(torch.uint8), _Y, eps=0.3), "divide uint8 images by 255"),
+    (lambda m: attacks.fgsm(m, _X.numpy(), _Y, eps=0.3), "must be a torch.Tensor"),
+])
+def test_bad_attack_input_types_are_type_errors(attack, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        attack(_linear())

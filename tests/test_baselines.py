@@ -350,11 +350,11 @@ def test_evaluate_command_with_several_defenses(tmp_path, tiny_vae, mnist_root) 
     assert ("| No Defense | Adv. Tr. | Adv. Tr. (transfer) | MagNet | PuVAE | PuVAE + bit squeezing |"
             in (tmp_path / "out" / "all.md").read_text())
     with pytest.raises(SystemExit, match="unknown defense 'magnets'"):
-        main(["evaluate", "--defenses", "magnets", "--name", "x", *common])
+        main(["--debug", "evaluate", "--defenses", "magnets", "--name", "x", *common])
     with pytest.raises(SystemExit, match="repeated defense"):
-        main(["evaluate", "--defenses", "puvae=none", "puvae=none", "--name", "x", *common])
+        main(["--debug", "evaluate", "--defenses", "puvae=none", "puvae=none", "--name", "x", *common])
     with pytest.raises(SystemExit, match="--adv-classifiers names"):
-        main(["evaluate", "--defenses", "adv-training", "--adv-classifiers", f"B={tmp_path / 'adv'}", "--name", "x", *common])
+        main(["--debug", "evaluate", "--defenses", "adv-training", "--adv-classifiers", f"B={tmp_path / 'adv'}", "--name", "x", *common])
 
 
 def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_path, mnist_root, bf16_units) -> None:
@@ -369,7 +369,7 @@ def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_
               "--limit", "4", "--adaptive-limit", "0", "--data-root", str(mnist_root), "--out", str(tmp_path), "--quiet"]
     assert main(["evaluate", *common, "--name", "fp32", "--progress", str(tmp_path / "fp32.progress")]) == 0
     with pytest.raises(ValueError, match="another evaluation .different defenses"):  # the search is part of the run
-        main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16", "--progress", str(tmp_path / "fp32.progress")])
+        main(["--debug", "evaluate", *common, "--gan-precision", "bf16", "--name", "bf16", "--progress", str(tmp_path / "fp32.progress")])
     assert main(["evaluate", *common, "--gan-precision", "bf16", "--name", "bf16"]) == 0
     assert main(["evaluate", *common, "--gan-search", "3x1", "--name", "short"]) == 0
     searches = [json.loads((tmp_path / f"{name}.json").read_text())["meta"]["defense_sources"]["defense-gan"]["search"]
@@ -377,10 +377,10 @@ def test_evaluate_command_sets_defense_gan_precision_and_records_the_search(tmp_
     assert searches == [{"steps": 2, "restarts": 2, "precision": "fp32"}, {"steps": 2, "restarts": 2, "precision": "bf16"},
                         {"steps": 3, "restarts": 1, "precision": "fp32"}]
     with pytest.raises(SystemExit, match="--gan-search: .*LxR.*got '3x'"):
-        main(["evaluate", *common, "--gan-search", "3x", "--name", "bad"])
+        main(["--debug", "evaluate", *common, "--gan-search", "3x", "--name", "bad"])
     MagNetReformer().save_pretrained(tmp_path / "magnet")
     with pytest.raises(SystemExit, match="--defenses has no Defense-GAN"):
-        main(["evaluate", *common[2:], "--defenses", f"magnet={tmp_path / 'magnet'}", "--gan-search", "3x1", "--name", "bad"])
+        main(["--debug", "evaluate", *common[2:], "--defenses", f"magnet={tmp_path / 'magnet'}", "--gan-search", "3x1", "--name", "bad"])
 
 
 def test_evaluate_command_runs_tracked_bpda_with_attack_params_and_records_them(tmp_path, mnist_root) -> None:
@@ -402,7 +402,7 @@ def test_evaluate_command_runs_tracked_bpda_with_attack_params_and_records_them(
                          ("pgd_steps=true", "pgd_steps must be of type int"), ("pgd_steps", "KEY=VALUE"),
                          ("bpda_track_every_restart=1", "of type bool")):
         with pytest.raises(SystemExit, match=message):
-            main(["evaluate", *common, "--attack-param", bad, "--name", "bad"])
+            main(["--debug", "evaluate", *common, "--attack-param", bad, "--name", "bad"])
 
 
 def test_parse_search_reads_steps_by_restarts_and_names_what_it_cannot() -> None:

@@ -92,8 +92,8 @@ def test_certify_command(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
     assert "| t | 0.5 | 3 |" in capsys.readouterr().out
     assert main(common) == 0  # the classifier alone, default name
     assert (tmp_path / "out" / "certify_mnist_clf_none_sigma0.5.json").is_file()
-    with pytest.raises(SystemExit, match="certify: n0"):
-        main([*common[:-1], "--n0", "50"])
+    with pytest.raises(SystemExit, match="n0 .50. must not exceed n .20."):
+        main(["--debug", *common[:-1], "--n0", "50"])
 
 
 def test_gaussian_noise_objective_trains_on_clipped_noise() -> None:

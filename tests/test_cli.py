@@ -114,3 +114,43 @@ def test_evaluate_runs_only_the_chosen_adaptive_attacks(tmp_path, tiny_vae: PuVA
 
 def test_every_adaptive_attack_has_one_command_line_key() -> None:
     assert sorted(ADAPTIVE_KEYS.values()) == sorted(ADAPTIVE_ATTACKS)
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
+    """Regression (hardening): these were Python tracebacks, or ran and failed at the end."""
+    import pytest
+
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    clf = ["--classifiers", f"A={tmp_path / 'clf'}"]
+    cases = [
+        (["purify", "--purifier", str(tmp_path / "vae"), "--out", str(tmp_path)], "is a folder; give the file to write"),
+        (["purify", "--purifier", str(tmp_path / "missing"), "--out", str(tmp_path / "p.safetensors")],
+         "no such weights folder"),
+        (["evaluate", *clf, "--defenses", "magnets", "--out", str(tmp_path / "o")], "unknown defense 'magnets'"),
+        (["evaluate", *clf, "--out", str(tmp_path / "vae" / "config.json")], "is a file; give a folder"),
+        (["certify", "--classifier", "no-such-model", "--sigma", "0.5"],
+         "unknown pretrained model 'no-such-model'"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"puvae-defense {argv[0]}: error: ") and message in err and "Traceback" not in err
+        assert err.count("\n") == 1
+    with pytest.raises(ValueError, match="unknown pretrained model"):
+        main(["--debug", "certify", "--classifier", "no-such-model", "--sigma", "0.5"])
+
+
+def test_bad_numbers_are_refused_by_the_parser(capsys) -> None:
+    """Regression (hardening): purify --limit -5 purified 9,995 images; --sigma-eps inf wrote NaN."""
+    import pytest
+
+    for argv, message in ((["purify", "--out", "x", "--limit", "-5"], "expected an integer >= 1, got -5"),
+                          (["purify", "--out", "x", "--sigma-eps", "inf"], "expected a finite number"),
+                          (["purify", "--out", "x", "--sigma-eps", "1e300"], "expected a number in [0, 10]"),
+                          (["purify", "--out", "x", "--batch-size", "0"], "expected an integer >= 1"),
+                          (["certify", "--classifier", "c", "--sigma", "nan"], "expected a finite number"),
+                          (["evaluate", "--adaptive-limit", "-1"], "expected an integer >= 0")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
