@@ -498,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     train.add_argument("--recipe", default=None,
                        help="named recipe (puvae_defense.recipes): 'robust' (default, ours), 'paper' (the paper, "
-                            "literally) or 'finetune' (default with --init); the options below override single fields")
+                            "literally), 'finetune' (default with --init), 'smooth' (a denoiser for randomized smoothing, "
+                            "with --init); the options below override single fields")
     train.add_argument("--init", default=None,
                        help="fine-tune this PuVAE (folder, registered name such as puvae-mnist, or Hub repo id) "
                             "instead of starting from random weights")

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from .training import TrainConfig
 
-__all__ = ["DEFAULT_RECIPE", "FINETUNE_RECIPE", "RECIPES", "get_recipe"]
+__all__ = ["DEFAULT_RECIPE", "FINETUNE_RECIPE", "RECIPES", "SMOOTH_RECIPE", "get_recipe"]
 
 #: The paper, literally: eq. 9-13 with lambda_rc 0.01, lambda_kl 0.1, lambda_ce 10 (section 4.1),
 #: BCE summed over pixels, KL summed over latent dimensions, eq. 12's binary cross-entropy, Adam
@@ -51,16 +51,28 @@ FINETUNE_PGD = FINETUNE.replace(noise_kind="pgd", noise_steps=3)
 #: clean accuracy 85.5% against 84.8% (docs/training.md, "Fine-tuning probes").
 FINETUNE_PGD_KL03 = FINETUNE_PGD.replace(lambda_kl=0.3)
 
+#: A denoiser for randomized smoothing (docs/smoothing.md): fine-tuning with every training input
+#: ``clip(x + s * N(0, I))``, ``s ~ U(0, 1)`` per image (one model for the smoothing sigmas 0.25, 0.5
+#: and 1.0), reconstructions targeting the clean image, the robust recipe's losses, one epoch at its
+#: learning rate. On 20,000 images it lifted the held-out selector through the purifier on noisy
+#: validation images from 72.0% to 93.0% (sigma 0.5) and 35.3% to 71.0% (sigma 1.0) against the
+#: finetune learning rate's 91.9% and 67.0%; the shipped ``puvae-mnist-smooth`` is this recipe
+#: from ``puvae-mnist`` on all 50,000 training images.
+SMOOTH = FINETUNE.replace(lr=1e-3, noise_kind="gaussian", input_noise=1.0, noise_fraction=1.0)
+
 #: Name -> recipe.
 RECIPES: Mapping[str, TrainConfig] = MappingProxyType(
     {"paper": PAPER, "robust": ROBUST, "robust-kl03": ROBUST_KL03, "finetune": FINETUNE,
-     "finetune-pgd": FINETUNE_PGD, "finetune-pgd-kl03": FINETUNE_PGD_KL03})
+     "finetune-pgd": FINETUNE_PGD, "finetune-pgd-kl03": FINETUNE_PGD_KL03, "smooth": SMOOTH})
 
 #: What ``fit`` uses when no recipe is given.
 DEFAULT_RECIPE = "robust"
 
 #: What ``fit`` uses when no recipe is given and it starts from a trained model (``init=``).
 FINETUNE_RECIPE = "finetune"
+
+#: The recipe of the denoisers for randomized smoothing.
+SMOOTH_RECIPE = "smooth"
 
 
 def get_recipe(name: str) -> TrainConfig:

@@ -321,7 +321,10 @@ def test_named_recipes() -> None:
     pgd, finetune = get_recipe("finetune-pgd"), get_recipe("finetune")
     assert (pgd.noise_kind, pgd.noise_steps) == ("pgd", 3) and pgd.replace(noise_kind="fgsm", noise_steps=1) == finetune
     assert get_recipe("finetune-pgd-kl03") == pgd.replace(lambda_kl=kl03.lambda_kl)
-    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'finetune-pgd', 'finetune-pgd-kl03', 'paper', 'robust', 'robust-kl03'\\]"):
+    smooth = get_recipe("smooth")  # the denoiser for randomized smoothing: Gaussian inputs, every image
+    assert (smooth.noise_kind, smooth.input_noise, smooth.noise_fraction, smooth.lr) == ("gaussian", 1.0, 1.0, robust.lr)
+    assert smooth.replace(noise_kind="fgsm", input_noise=0.3, noise_fraction=0.5, lr=finetune.lr) == finetune
+    with pytest.raises(ValueError, match="known recipes: \\['finetune', 'finetune-pgd', 'finetune-pgd-kl03', 'paper', 'robust', 'robust-kl03', 'smooth'\\]"):
         get_recipe("best")
     with pytest.raises(TypeError):
         RECIPES["mine"] = TrainConfig()  # type: ignore[index]
