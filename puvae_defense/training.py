@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ._checks import check_images, warn_if_emulated_bf16
-from .checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
+from .checkpoints import load_checkpoint, read_metadata, resume, save_checkpoint
 from .config import PuVAEConfig
 from .data import ImageDataset
 from .losses import PuVAEObjective
@@ -501,10 +501,10 @@ def fit(
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        existing = checkpoints(directory)
-        if existing:
-            start_epoch, step, history = _load_checkpoint(existing[-1], vae, optimizer, recipe, origin, attacker_digests)
-            logger.info("resuming from %s (epoch %d)", existing[-1], start_epoch)
+        resumed = resume(directory, lambda path: _load_checkpoint(path, vae, optimizer, recipe, origin, attacker_digests))
+        if resumed is not None:
+            start_epoch, step, history = resumed
+            logger.info("resuming from %s (epoch %d)", directory, start_epoch)
 
     size = len(dataset)  # type: ignore[arg-type]
     steps_per_epoch = math.ceil(math.ceil(size / world) / recipe.batch_size)

@@ -37,3 +37,47 @@ def test_bad_names_and_foreign_files_are_errors(tmp_path) -> None:
     save_file({"x": torch.zeros(1)}, str(tmp_path / "checkpoint-000001.safetensors"), metadata={"format": "old"})
     with pytest.raises(ValueError, match="written by another version"):
         load_checkpoint(tmp_path / "checkpoint-000001.safetensors", {"net": net}, {})
+
+
+def _saved(tmp_path, indices) -> torch.nn.Linear:
+    net = torch.nn.Linear(3, 2)
+    for index in indices:
+        with torch.no_grad():
+            net.bias.fill_(index)
+        save_checkpoint(tmp_path, index, {"net": net}, {}, {"index": str(index)})
+    return net
+
+
+def test_resume_passes_over_a_damaged_newest_checkpoint_with_a_warning(tmp_path) -> None:
+    """Regression (hardening): a damaged latest checkpoint stopped training with a raw SafetensorError."""
+    from puvae_defense.checkpoints import resume
+
+    _saved(tmp_path, (1, 2))
+    newest = tmp_path / "checkpoint-000002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:50])  # truncated
+    net = torch.nn.Linear(3, 2)
+    with pytest.warns(RuntimeWarning, match=r"checkpoint-000002.safetensors is damaged .*resumed from the older checkpoint-000001"):
+        metadata = resume(tmp_path, lambda path: load_checkpoint(path, {"net": net}, {}))
+    assert metadata["index"] == "1" and float(net.bias.detach()[0]) == 1.0
+    (tmp_path / "checkpoint-000001.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="no checkpoint in .* can be read"):
+        resume(tmp_path, lambda path: load_checkpoint(path, {"net": net}, {}))
+    assert resume(tmp_path / "empty", lambda path: 1) is None
+
+
+def test_other_errors_of_a_checkpoint_are_not_passed_over(tmp_path) -> None:
+    from puvae_defense.checkpoints import resume
+
+    _saved(tmp_path, (1, 2))
+
+    def refuse(path):
+        raise ValueError("other settings")
+
+    with pytest.raises(ValueError, match="other settings"):
+        resume(tmp_path, refuse)
+
+
+def test_a_stale_temporary_file_is_cleaned_by_the_next_write(tmp_path) -> None:
+    (tmp_path / "checkpoint-000003.tmp").write_bytes(b"half a file")
+    _saved(tmp_path, (4,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000004.safetensors"]

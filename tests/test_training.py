@@ -434,3 +434,13 @@ def test_interrupted_fine_tuning_resumes_where_a_straight_run_ends(tmp_path, mon
         assert torch.equal(a, b), key
     with pytest.raises(ValueError, match="started from"):  # the same checkpoints with another starting point
         _fit(data, tiny_source(), checkpoint_dir=tmp_path / "a", recipe="finetune", epochs=3, freeze_trunk=True)
+
+
+def test_fit_resumes_from_the_older_checkpoint_when_the_newest_is_damaged(tmp_path) -> None:
+    data = synthetic_dataset(32)
+    _fit(data, tiny_source(), epochs=2, checkpoint_dir=tmp_path)
+    newest = tmp_path / "checkpoint-000002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(RuntimeWarning, match="checkpoint-000002.safetensors is damaged"):
+        model = _fit(data, tiny_source(), epochs=2, checkpoint_dir=tmp_path)
+    assert [h.epoch for h in model.training_history] == [1, 2]

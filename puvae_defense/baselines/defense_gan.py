@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._checks import check_images, warn_if_emulated_bf16
-from ..checkpoints import checkpoints, load_checkpoint, read_metadata, save_checkpoint
+from ..checkpoints import load_checkpoint, read_metadata, resume, save_checkpoint
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
 
@@ -385,16 +385,16 @@ def fit_defense_gan(
     settings = json.dumps({"config": gan._config_dict(), "critic_steps": critic_steps, "batch_size": batch_size, "lr": lr,
                            "penalty": penalty, "seed": seed, "images": len(dataset)})  # type: ignore[arg-type]
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start = 0
-    existing = checkpoints(directory) if directory is not None else []
-    if existing:
-        latest = existing[-1]
+
+    def restore(latest: Path) -> int:
         if read_metadata(latest).get("settings") != settings:
             raise ValueError(f"{directory} holds a Defense-GAN run with other settings; resume with the same settings "
                              "or use another checkpoint_dir")
-        start = int(load_checkpoint(latest, modules, optimizers)["step"])
-        if start > generator_steps:
-            raise ValueError(f"{directory} holds a run of {start} generator steps, more than the {generator_steps} asked for")
+        return int(load_checkpoint(latest, modules, optimizers)["step"])
+
+    start = (resume(directory, restore) if directory is not None else None) or 0
+    if start > generator_steps:
+        raise ValueError(f"{directory} holds a run of {start} generator steps, more than the {generator_steps} asked for")
     bar = tqdm(range(start, generator_steps), desc="Defense-GAN (WGAN-GP)", disable=not progress)
     for step in bar:
         noise = torch.Generator().manual_seed(seed * 1_000_003 + step)
