@@ -29,6 +29,8 @@ def check_images(
     """
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.device.type == "meta":
+        raise ValueError(f"{name} are on the meta device: they have no values (move real images to the model's device)")
     expected = "(B, " + ", ".join(str(d) for d in image_shape) + ")"
     if images.dim() != 4:
         hint = " (add a batch dimension with images.unsqueeze(0))" if images.dim() == 3 else ""
@@ -67,6 +69,8 @@ def check_labels(labels: object, batch: int, num_classes: int, *, name: str = "l
     """Check a ``(B,)`` integer tensor of class indices in ``[0, num_classes)`` and return it."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.device.type == "meta":
+        raise ValueError(f"{name} are on the meta device: they have no values")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
     if labels.shape != (batch,):

@@ -57,7 +57,11 @@ def _check_attack_inputs(images: object, labels: object) -> tuple[torch.Tensor, 
 
 def _logits(model: Model, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The model's logits; labels beyond their width are an error, not torch's index error."""
-    logits = model(images)
+    try:
+        logits = model(images)
+    except RuntimeError as err:  # e.g. float64 images for a float32 model: say what the attack passed
+        raise ValueError(f"the model failed on the attack's images ({images.dtype}, shape {tuple(images.shape)}, "
+                         f"{images.device}): {err}") from err
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"the model must return ({images.shape[0]}, num_classes) logits, got {got}")
@@ -154,6 +158,10 @@ def rand_fgsm(
     return (start + (eps - alpha) * _gradient_sign(model, start, labels, targeted)).clamp(0, 1).detach()
 
 
+#: CW-L2's upper bound on the constant before any success (CleverHans' 1e10): "no bound yet".
+_CW_NO_BOUND = 1e10
+
+
 def cw_l2(
     model: Model,
     images: torch.Tensor,
@@ -178,6 +186,8 @@ def cw_l2(
     _check_steps("binary_search_steps", binary_search_steps)
     _check_positive("lr", lr)
     _check_positive("initial_const", initial_const)
+    if initial_const >= _CW_NO_BOUND:
+        raise ValueError(f"initial_const must be below {_CW_NO_BOUND:g}, got {initial_const!r}")
     _check_budget("confidence", confidence)
     images, labels = _check_attack_inputs(images, labels)
     x0 = images.detach().clamp(0, 1)
@@ -185,7 +195,7 @@ def cw_l2(
     device = x0.device
     w0 = torch.atanh((x0 * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
     lower = torch.zeros(batch, device=device)
-    upper = torch.full((batch,), 1e10, device=device)
+    upper = torch.full((batch,), _CW_NO_BOUND, device=device)
     const = torch.full((batch,), initial_const, device=device)
     best_l2 = torch.full((batch,), float("inf"), device=device)
     best = x0.clone()

@@ -229,7 +229,11 @@ class SmoothedClassifier:
             noisy = clean + self.sigma * noise
             if self.clip:
                 noisy = noisy.clamp(0, 1)
-            logits = self.base(noisy)
+            try:
+                logits = self.base(noisy)
+            except RuntimeError as err:  # e.g. images of another shape or dtype than the base classifier takes
+                raise ValueError(f"the base classifier failed on noisy copies of the images ({noisy.dtype}, shape "
+                                 f"{tuple(noisy.shape)}): {err}") from err
             if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(index):
                 got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ValueError(f"the base classifier must return ({len(index)}, num_classes) logits, got {got}")

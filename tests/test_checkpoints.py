@@ -81,3 +81,35 @@ def test_a_stale_temporary_file_is_cleaned_by_the_next_write(tmp_path) -> None:
     (tmp_path / "checkpoint-000003.tmp").write_bytes(b"half a file")
     _saved(tmp_path, (4,))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000004.safetensors"]
+
+
+def test_training_killed_at_random_moments_resumes_to_the_same_weights(tmp_path) -> None:
+    """SIGKILL a training process at a few random moments (some while it writes a checkpoint), start it
+    again each time, and compare its final weights with a run that was never interrupted."""
+    import random
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    worker = [sys.executable, str(Path(__file__).parent / "train_worker.py")]
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    subprocess.run([*worker, str(tmp_path / "straight")], check=True, env=env, timeout=240)
+    rng = random.Random(0)
+    epochs_at_kills = []
+    while len(epochs_at_kills) < 3:
+        process = subprocess.Popen([*worker, str(tmp_path / "killed")], env=env)
+        try:
+            process.wait(timeout=rng.uniform(3.0, 6.0))
+            break  # finished before the kill
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            epochs_at_kills.append(len(list((tmp_path / "killed" / "checkpoints").glob("*.safetensors"))))
+    if not (tmp_path / "killed" / "final.safetensors").is_file():
+        subprocess.run([*worker, str(tmp_path / "killed")], check=True, env=env, timeout=240)
+    assert epochs_at_kills and max(epochs_at_kills) >= 1  # at least one kill came after a checkpoint: a real resume
+    straight = load_file(str(tmp_path / "straight" / "final.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "final.safetensors"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)

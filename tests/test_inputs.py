@@ -26,6 +26,7 @@ def model(tiny_vae: PuVAE) -> PurifiedClassifier:
         ((torch.rand(2, 1, 28, 28) - 0.1307) / 0.3081, ValueError, "preprocess"),
         (torch.full((2, 1, 28, 28), float("nan")), ValueError, "NaN or Inf"),
         (torch.full((2, 1, 28, 28), float("inf")), ValueError, "NaN or Inf"),
+        (torch.zeros(2, 1, 28, 28, device="meta"), ValueError, "meta device"),
     ],
 )
 def test_bad_images(model: PurifiedClassifier, images, error, message) -> None:
@@ -45,3 +46,12 @@ def test_device_mismatch_is_named(tiny_vae: PuVAE) -> None:
     tiny_vae.to("meta")  # a second device without a GPU
     with pytest.raises(ValueError, match="images are on cpu but the PuVAE is on meta"):
         tiny_vae.project(torch.rand(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize("sigma_eps", [float("inf"), 1e300, float("nan"), -0.1, 11.0])
+def test_sigma_eps_out_of_range_is_refused(tiny_vae: PuVAE, sigma_eps: float) -> None:
+    """Regression (hardening): sigma_eps=inf or 1e300 gave NaN purified images and logits."""
+    with pytest.raises(ValueError, match=r"sigma_eps must be a number in \[0, 10\]"):
+        PurifiedClassifier(torch.nn.Flatten(), tiny_vae, sigma_eps=sigma_eps, check_num_classes=False)
+    with pytest.raises(ValueError, match=r"sigma_eps must be a number in \[0, 10\]"):
+        tiny_vae.project(torch.rand(1, 1, 28, 28), sigma_eps)
