@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from .model import PuVAE
+from .model import PuVAE, check_sigma_eps
 
 __all__ = ["PurifiedData", "purify_dataset"]
 
@@ -85,6 +85,7 @@ def purify_dataset(
         raise TypeError(f"purifier must be a PuVAE, got {type(purifier).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_sigma_eps(sigma_eps)  # before any work
     device = purifier.encoder_in.weight.device
     generator = torch.Generator().manual_seed(seed)
     images, chosen, distances, labels = [], [], [], []

@@ -112,8 +112,8 @@ class TrainConfig:
         for name in ("lr", "lambda_rc", "lambda_kl", "lambda_ce", "kl_warmup_epochs", "lambda_wrong_ce",
                      "lambda_proj", "proj_scale", "proj_sigma_eps", "input_noise", "noise_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"TrainConfig.{name} must be a non-negative number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite non-negative number, got {value!r}")
         choices = {"lr_schedule": ("constant", "cosine"), "rc_reduction": ("sum", "mean"), "kl_reduction": ("sum", "mean"),
                    "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16"),
                    "noise_kind": ("sign", "uniform", "gaussian", "fgsm", "pgd"), "noise_amplitude": ("uniform", "fixed")}

@@ -57,7 +57,11 @@ def load_purifier(name_or_path: str | os.PathLike[str], *, device: torch.device 
     if is_registered_name(name_or_path):  # before any folder of the same name, which never shadows it
         model_type = get_entry(str(name_or_path)).model_type
     elif (folder / "config.json").is_file():
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        try:
+            payload = json.loads((folder / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise ValueError(f"corrupt {folder / 'config.json'}: not valid JSON ({type(err).__name__})") from None
+        model_type = payload.get("model_type") if isinstance(payload, dict) else None
     else:
         model_type = "puvae"  # a Hub repo id: the library's own models
     if model_type not in purifier_types:
