@@ -429,8 +429,9 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     out = _new_folder(args.out, option="--out")
     net = _load_classifier(args.classifier, args.device)
     base: torch.nn.Module = net
-    key: dict[str, Any] = {"dataset": args.dataset, "classifier": args.classifier,
-                           "classifier_fingerprint": weights_fingerprint(net), "purifier": args.purifier}
+    # The run is the weights, not the names they were loaded by: a progress file written with a
+    # folder path resumes under the registered name of the same weights.
+    key: dict[str, Any] = {"dataset": args.dataset, "classifier_fingerprint": weights_fingerprint(net)}
     if args.purifier != "none":
         purifier = load_purifier(args.purifier, device=args.device)
         base = PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps).eval()
@@ -439,7 +440,7 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     test = load_dataset(args.dataset, "test", root=args.data_root)
     report = certify_dataset(smoothed, test, settings, key=key, progress_file=args.progress, device=args.device,
                              show_progress=not args.quiet)
-    report["meta"]["command"] = _command(args)
+    report["meta"].update(command=_command(args), classifier=args.classifier, purifier=args.purifier)
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"certify_{args.dataset}_{Path(args.classifier).name}_{Path(args.purifier).name}_sigma{args.sigma:g}"
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")

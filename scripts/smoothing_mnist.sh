@@ -12,6 +12,7 @@
 #                                            # alpha = 0.001); CONFIG in: alone puvae smooth magnet retrained;
 #                                            # without arguments every classifier, sigma and config
 #
+# SIGMAS and CLASSIFIERS (default "0.25 0.5 1.0" and "A B") narrow the classifiers and certify stages.
 # Reports go to docs/results/certify/, their progress files to docs/results/certify/progress/ (so a
 # stopped run, or a later session, resumes them; a larger LIMIT grows a finished one).
 set -euo pipefail
@@ -23,7 +24,8 @@ DEVICE=${DEVICE:-cpu}
 BATCH=${BATCH:-1000}
 CLI=.venv/bin/puvae-defense
 OUT=docs/results/certify
-SIGMAS=(0.25 0.5 1.0)
+read -r -a SIGMAS <<< "${SIGMAS:-0.25 0.5 1.0}"        # e.g. SIGMAS=0.5 for one noise level
+read -r -a CLASSIFIERS <<< "${CLASSIFIERS:-A B}"
 # The denoiser: the bundled copy once it is committed, else the one trained here.
 SMOOTH=${SMOOTH:-$( [ -f hub/puvae-mnist-smooth/model.safetensors ] && echo puvae-mnist-smooth || echo "$WORK/puvae-mnist-smooth")}
 
@@ -50,7 +52,7 @@ certify_one() {  # certify_one CLASSIFIER SIGMA CONFIG
 
 case ${1:-} in
     classifiers)
-        for clf in A B; do
+        for clf in "${CLASSIFIERS[@]}"; do
             for sigma in "${SIGMAS[@]}"; do
                 folder=$(retrained "$clf" "$sigma")
                 [ -f "$folder/model.safetensors" ] && { echo "$folder: done"; continue; }
@@ -67,7 +69,7 @@ case ${1:-} in
             certify_one "$@"
         elif [ $# -eq 0 ]; then
             for sigma in "${SIGMAS[@]}"; do
-                for clf in A B; do
+                for clf in "${CLASSIFIERS[@]}"; do
                     for config in alone retrained magnet smooth puvae; do
                         certify_one "$clf" "$sigma" "$config"
                     done
@@ -77,5 +79,5 @@ case ${1:-} in
             echo "usage: $0 certify [CLASSIFIER SIGMA CONFIG]" >&2; exit 2
         fi ;;
     *)
-        sed -n '2,16p' "$0"; exit 2 ;;
+        sed -n '2,19p' "$0"; exit 2 ;;
 esac

@@ -90,6 +90,12 @@ def test_certify_command(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
     assert report["meta"]["command"].startswith("puvae-defense certify")
     assert report["meta"]["key"]["sigma_eps"] == 0.1 and len(report["images"]["radii"]) == 3
     assert "| t | 0.5 | 3 |" in capsys.readouterr().out
+    import shutil
+
+    shutil.copytree(tmp_path / "vae", tmp_path / "same-weights")  # the run is the weights, not the name they load by
+    assert main([*common[:-1], "--limit", "4", "--quiet", "--purifier", str(tmp_path / "same-weights"), "--name", "t",
+                 "--progress", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "out" / "t.json").read_text())["images"]["radii"][:3] == report["images"]["radii"]
     assert main(common) == 0  # the classifier alone, default name
     assert (tmp_path / "out" / "certify_mnist_clf_none_sigma0.5.json").is_file()
     with pytest.raises(SystemExit, match="n0 .50. must not exceed n .20."):
