@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -167,15 +167,15 @@ def summarize(certificate: Certificate, labels: torch.Tensor, radii: Sequence[fl
     return summary
 
 
-def certification_markdown(rows: Mapping[str, Mapping[str, Any]], radii: Sequence[float] = REPORT_RADII) -> str:
-    """A table of certified accuracy, one row per labelled report, one column per radius.
+def certification_markdown(rows: Iterable[tuple[str, Mapping[str, Any]]], radii: Sequence[float] = REPORT_RADII) -> str:
+    """A table of certified accuracy, one row per ``(label, report)``, one column per radius.
 
     A radius beyond what a report's ``n`` can certify (:func:`~puvae_defense.smoothing.radius_bound`)
     is shown as a dash: no image can reach it, whatever the classifier.
     """
     header = "| configuration | sigma | images | " + " | ".join(f"r = {r:g}" for r in radii) + " | abstained |"
     lines = [header, "|" + "---|" * (len(radii) + 4)]
-    for label, report in rows.items():
+    for label, report in rows:
         settings, accuracy = report["meta"]["settings"], report["certified_accuracy"]
         largest = report["meta"]["largest_radius"]
         cells = [f"{accuracy[f'{r:g}']:.1f}" if r <= largest else "-" for r in radii]

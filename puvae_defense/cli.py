@@ -444,7 +444,7 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"certify_{args.dataset}_{Path(args.classifier).name}_{Path(args.purifier).name}_sigma{args.sigma:g}"
     (out / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(certification_markdown({name: report}), end="")
+    print(certification_markdown([(name, report)]), end="")
     print(f"wrote {out / name}.json")
 
 

@@ -564,6 +564,58 @@ def torchvision_example() -> str:
             f"{report['behind puvae-mnist, targeted FGSM']:.2f}% behind puvae-mnist.")
 
 
+#: Certification configurations (docs/smoothing.md), in the order of issue 52's (a)-(e).
+CERTIFY_CONFIGS = {"alone": "(a) {clf} smoothed alone", "puvae": "(b) {clf} behind puvae-mnist",
+                   "smooth": "(c) {clf} behind puvae-mnist-smooth", "magnet": "(d) {clf} behind MagNet's reformer",
+                   "retrained": "(e) {clf} retrained with noise, alone"}
+_CERTIFY_NAME = re.compile(r"(?P<dataset>[a-z-]+)_(?P<clf>[A-Z])_(?P<config>[a-z]+)_sigma(?P<sigma>[0-9.]+)")
+
+
+def certification_rows(dataset: str = "mnist") -> list[tuple[str, dict]]:
+    """The certification reports of ``dataset`` (docs/results/certify/), labelled, ordered by sigma,
+    classifier and configuration."""
+    found = []
+    for path in sorted((RESULTS / "certify").glob(f"{dataset}_*.json")):
+        match = _CERTIFY_NAME.fullmatch(path.stem)
+        if match is None or match["config"] not in CERTIFY_CONFIGS:
+            raise SystemExit(f"{path.name}: not a certification report name (DATASET_CLASSIFIER_CONFIG_sigmaS)")
+        order = (float(match["sigma"]), match["clf"], list(CERTIFY_CONFIGS).index(match["config"]))
+        found.append((order, CERTIFY_CONFIGS[match["config"]].format(clf=match["clf"]), json.loads(path.read_text())))
+    return [(label, report) for _, label, report in sorted(found, key=lambda item: item[0])]
+
+
+def certification(dataset: str = "mnist", *, radii: tuple[float, ...] | None = None, sigma: float | None = None) -> str:
+    """Certified accuracy per configuration, with the commands and hardware; ``sigma`` keeps one noise level."""
+    from puvae_defense.certification import REPORT_RADII, certification_markdown
+
+    rows = [(label, report) for label, report in certification_rows(dataset)
+            if sigma is None or report["meta"]["settings"]["sigma"] == sigma]
+    if not rows:
+        return "No certification has been run yet (`scripts/smoothing_mnist.sh certify`)."
+    settings = {(r["meta"]["settings"]["n"], r["meta"]["settings"]["n0"], r["meta"]["settings"]["alpha"]) for _, r in rows}
+    n, n0, alpha = sorted(settings)[0]
+    runs = "; ".join(f"`{r['meta']['command']}` ({', '.join(r['meta']['devices'])}, {r['meta']['seconds'] / 60:.0f} min)"
+                     for _, r in rows)
+    intro = (f"Certified accuracy (%) on the first test images: the share certified with the right class at an L2 "
+             f"radius of at least r (n = {n:,}, n0 = {n0}, alpha = {alpha}; a dash is a radius that n cannot certify). "
+             f"Commands: {runs}.")
+    if len(settings) > 1:
+        intro += " Rows differ in n, n0 or alpha: " + ", ".join(f"{a:,}/{b}/{c}" for a, b, c in sorted(settings)) + "."
+    return intro + "\n\n" + certification_markdown(rows, radii or REPORT_RADII)
+
+
+def certification_figure(dataset: str = "mnist") -> Path | None:
+    """docs/certified_<dataset>.png, one curve per configuration (None when nothing is certified)."""
+    from puvae_defense.visualize import certified_figure
+
+    rows = certification_rows(dataset)
+    if not rows:
+        return None
+    labelled = {f"{label}, sigma {report['meta']['settings']['sigma']:g}": report for label, report in rows}
+    return certified_figure(labelled, ROOT / "docs" / f"certified_{dataset}.png",
+                            title=f"{dataset.upper() if dataset == 'mnist' else dataset}: randomized smoothing, first test images")
+
+
 def _replace(path: Path, name: str, body: str) -> None:
     text = path.read_text()
     pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.S)
@@ -657,7 +709,10 @@ def main() -> None:
     _replace(ROOT / "docs" / "evaluation.md", "crosscheck", crosscheck())
     _replace(ROOT / "docs" / "evaluation.md", "inference-noise-fashion-mnist", inference_noise("fashion-mnist"))
     _replace(ROOT / "docs" / "baselines.md", "defenses", defenses_speed())
-    print("rendered README.md, docs/evaluation.md, docs/training.md and docs/baselines.md")
+    _replace(ROOT / "docs" / "smoothing.md", "certified-mnist", certification("mnist"))
+    _replace(ROOT / "README.md", "certified", certification("mnist", radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=0.5))
+    certification_figure("mnist")
+    print("rendered README.md, docs/evaluation.md, docs/training.md, docs/baselines.md and docs/smoothing.md")
 
 
 if __name__ == "__main__":

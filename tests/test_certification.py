@@ -39,7 +39,7 @@ def test_report_counts_right_certificates_per_radius() -> None:
         expected = sum(ok and r >= float(radius) for ok, r in zip(right, images["radii"], strict=True))
         assert accuracy[radius] == pytest.approx(100 * expected / 6)
     assert report["meta"]["largest_radius"] == pytest.approx(radius_bound(0.25, 200, 0.001))
-    table = certification_markdown({"template": report})
+    table = certification_markdown([("template", report)])
     assert table.startswith("| configuration | sigma | images | r = 0 |")
     assert "| template | 0.25 | 6 |" in table and "| - |" in table  # r = 2 is beyond what n = 200 can certify
 

@@ -296,3 +296,41 @@ def test_defenses_speed_adds_a_gpu_block_when_one_was_lent(render, tmp_path) -> 
     assert "TF32 off for matrix multiplies and on for cuDNN convolutions" in gpu_part
     assert "Defense-GAN 5 times per setting" in gpu_part and "| PuVAE (untrained, the same size: timing only) |" in gpu_part
     assert "Accuracy within this budget was not measured on the GPU." in gpu_part
+
+
+def _certify_report(sigma: float, certified: list[int], radii: list[float]) -> dict:
+    from puvae_defense.certification import summarize
+    from puvae_defense.smoothing import Certificate, radius_bound
+
+    import torch
+
+    labels = [0] * len(certified)
+    certificate = Certificate(torch.tensor(certified), torch.tensor(radii, dtype=torch.float64))
+    return {"meta": {"settings": {"sigma": sigma, "n0": 100, "n": 10000, "alpha": 0.001, "limit": len(certified)},
+                     "command": f"puvae-defense certify --sigma {sigma}", "devices": ["cpu (x86_64, 2 threads)"],
+                     "seconds": 120.0, "largest_radius": radius_bound(sigma, 10000, 0.001)},
+            "images": {"labels": labels, "certified": certified, "radii": radii},
+            "certified_accuracy": summarize(certificate, torch.tensor(labels))}
+
+
+def test_certification_rows_are_labelled_and_ordered(render, tmp_path) -> None:
+    (tmp_path / "certify").mkdir()
+    for name, report in (("mnist_A_smooth_sigma0.5", _certify_report(0.5, [0, 0, 1, -1], [0.9, 0.3, 0.5, 0.0])),
+                         ("mnist_A_alone_sigma0.5", _certify_report(0.5, [0, 1, 1, -1], [0.2, 0.3, 0.5, 0.0])),
+                         ("mnist_A_alone_sigma0.25", _certify_report(0.25, [0, 0, 0, 0], [0.1, 0.1, 0.1, 0.1]))):
+        _write(tmp_path / "certify", f"{name}.json", report)
+    rows = render.certification_rows()  # sigma 0.25 first, then sigma 0.5's (a) before its (c)
+    assert [(label, report["meta"]["settings"]["sigma"]) for label, report in rows] == [
+        ("(a) A smoothed alone", 0.25), ("(a) A smoothed alone", 0.5), ("(c) A behind puvae-mnist-smooth", 0.5)]
+    table = render.certification("mnist", sigma=0.5, radii=(0.0, 0.5, 2.0))
+    assert "| (a) A smoothed alone | 0.5 | 4 | 25.0 | 0.0 | - | 25.0 |" in table
+    assert "| (c) A behind puvae-mnist-smooth | 0.5 | 4 | 50.0 | 25.0 | - | 25.0 |" in table
+    assert table.index("(a) A") < table.index("(c) A") and "0.25 |" not in table.split("\n\n", 1)[1]
+    assert len(rows) == 3 and "n = 10,000, n0 = 100, alpha = 0.001" in table
+    (tmp_path / "certify" / "mnist_A_bogus_sigma0.5.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a certification report name"):
+        render.certification_rows()
+
+
+def test_certification_says_when_nothing_was_certified(render, tmp_path) -> None:
+    assert render.certification("mnist").startswith("No certification has been run yet")
