@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from .training import TrainConfig
+    from .config import TrainConfig
 
     for item in dataclasses.fields(TrainConfig):
         default = item.default
@@ -474,7 +474,10 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``puvae-defense``."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="puvae-defense", description="PuVAE adversarial purification")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)

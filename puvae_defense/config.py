@@ -1,4 +1,6 @@
-"""Configuration of the PuVAE network (Table 1 of Hwang et al., 2019).
+"""Configuration of the PuVAE network (Table 1 of Hwang et al., 2019) and of its training.
+
+No torch here: the command line builds its options from these without importing torch.
 
 Reference: U. Hwang, J. Park, H. Jang, S. Yoon, N. I. Cho, "PuVAE: A Variational
 Autoencoder to Purify Adversarial Examples", IEEE Access 2019 (arXiv:1903.00585).
@@ -9,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from typing_extensions import Self
 
-__all__ = ["MAX_LAYERS", "PuVAEConfig"]
+__all__ = ["MAX_LAYERS", "PuVAEConfig", "TrainConfig"]
 
 
 #: Most layers of one kind a config may ask for: far beyond any PuVAE, and a guard against a
@@ -160,3 +162,98 @@ class PuVAEConfig:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run besides the data and the source classifier.
+
+    The defaults are the paper's settings (coefficients 0.01 / 0.1 / 10, Adam 1e-3, batch
+    128), the ``"paper"`` recipe; :mod:`puvae_defense.recipes` names the recipes we measured
+    (docs/training.md).
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: images per step (per process under DDP).
+        lr: Adam learning rate.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (decays to 0 over the run).
+        lambda_rc, lambda_kl, lambda_ce: the paper's coefficients (eq. 13).
+        rc_reduction: reconstruction BCE ``"sum"`` or ``"mean"`` over pixels.
+        kl_reduction: KL ``"sum"`` or ``"mean"`` over latent dimensions.
+        kl_warmup_epochs: ramp the KL weight linearly from 0 over this many epochs.
+        ce_form: ``"binary"`` (eq. 12 as printed) or ``"categorical"``.
+        lambda_wrong_ce: weight of the wrong-label source cross-entropy (0 = off).
+        lambda_proj: weight of the projection-classification loss (0 = off).
+        proj_scale: inverse temperature on ``-RMSE`` for that loss.
+        proj_sigma_eps: sampling noise of the projections in that loss.
+        input_noise: maximum L-inf amplitude of the input perturbation (0 = off; for ``"gaussian"``
+            the largest standard deviation); reconstructions still target the clean image.
+        noise_kind: ``"sign"`` (every pixel moved by the amplitude, up or down), ``"uniform"``,
+            ``"gaussian"`` (clipped Gaussian noise, the amplitude its standard deviation), ``"fgsm"`` or ``"pgd"`` (targeted attacks on the source classifier towards random
+            wrong labels; see :class:`~puvae_defense.losses.PuVAEObjective`).
+        noise_fraction: share of each batch that is perturbed (the rest stays clean).
+        noise_steps: PGD steps for ``noise_kind="pgd"``.
+        noise_amplitude: ``"uniform"`` (amplitude ``U(0, input_noise)`` per image) or ``"fixed"``.
+        val_size: validation images evaluated after each epoch.
+        amp: ``"off"``, ``"bf16"`` (CUDA, or CPUs with bf16 units; on other CPUs it is emulated,
+            many times slower, and warns) or ``"fp16"`` (CUDA) autocast.
+        freeze_trunk: keep the encoder's convolutional trunk (label-independent) fixed; meant
+            for fine-tuning a pretrained PuVAE (``fit(..., init=...)``).
+        seed: seeds initialisation, data order and sampling.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lambda_rc: float = 0.01
+    lambda_kl: float = 0.1
+    lambda_ce: float = 10.0
+    rc_reduction: Literal["sum", "mean"] = "sum"
+    kl_reduction: Literal["sum", "mean"] = "sum"
+    kl_warmup_epochs: float = 0.0
+    ce_form: Literal["binary", "categorical"] = "binary"
+    lambda_wrong_ce: float = 0.0
+    lambda_proj: float = 0.0
+    proj_scale: float = 100.0
+    proj_sigma_eps: float = 0.1
+    input_noise: float = 0.0
+    noise_kind: Literal["sign", "uniform", "gaussian", "fgsm", "pgd"] = "sign"
+    noise_fraction: float = 1.0
+    noise_steps: int = 1
+    noise_amplitude: Literal["uniform", "fixed"] = "uniform"
+    val_size: int = 1000
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    freeze_trunk: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_size", "noise_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "val_size" else 1):
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "lambda_rc", "lambda_kl", "lambda_ce", "kl_warmup_epochs", "lambda_wrong_ce",
+                     "lambda_proj", "proj_scale", "proj_sigma_eps", "input_noise", "noise_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite non-negative number, got {value!r}")
+        choices = {"lr_schedule": ("constant", "cosine"), "rc_reduction": ("sum", "mean"), "kl_reduction": ("sum", "mean"),
+                   "ce_form": ("binary", "categorical"), "amp": ("off", "bf16", "fp16"),
+                   "noise_kind": ("sign", "uniform", "gaussian", "fgsm", "pgd"), "noise_amplitude": ("uniform", "fixed")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.freeze_trunk, bool):
+            raise ValueError(f"TrainConfig.freeze_trunk must be True or False, got {self.freeze_trunk!r}")
+        if not 0 <= self.noise_fraction <= 1:
+            raise ValueError(f"TrainConfig.noise_fraction must be in [0, 1], got {self.noise_fraction!r}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed; unknown names are an error listing the valid ones."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise TypeError(f"unknown training options {unknown}; valid options: {sorted(fields)}")
+        return dataclasses.replace(self, **changes)

@@ -1,6 +1,6 @@
 """Named training recipes: the paper's, read literally, and ours, chosen on the validation split.
 
-A recipe is a :class:`~puvae_defense.training.TrainConfig`; ``fit(data, source, recipe=NAME)``
+A recipe is a :class:`~puvae_defense.config.TrainConfig`; ``fit(data, source, recipe=NAME)``
 trains with it and any keyword overrides single fields (``fit(..., recipe="paper", epochs=3)``).
 docs/training.md has the probes and the full runs behind each recipe.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from .training import TrainConfig
+from .config import TrainConfig
 
 __all__ = ["DEFAULT_RECIPE", "FINETUNE_RECIPE", "RECIPES", "SMOOTH_RECIPE", "get_recipe"]
 

@@ -154,3 +154,18 @@ def test_bad_numbers_are_refused_by_the_parser(capsys) -> None:
         with pytest.raises(SystemExit) as stop:
             main(argv)
         assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_version_and_help_do_not_load_torch() -> None:
+    """`--help` is fast: building the parser imports neither torch nor the Hub client."""
+    import subprocess
+    import sys
+
+    import puvae_defense
+
+    code = ("import sys; from puvae_defense.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'huggingface_hub' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    version = subprocess.run([sys.executable, "-m", "puvae_defense.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"puvae-defense {puvae_defense.__version__}"
