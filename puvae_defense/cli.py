@@ -462,14 +462,26 @@ def _cmd_push(args: argparse.Namespace) -> None:
 def _cmd_list(args: argparse.Namespace) -> None:
     from .hub import get_entry, list_models
 
-    rows = []
-    for name in list_models():
-        entry = get_entry(name)
-        pin = entry.revision[:12] if entry.revision else "unpublished (sha256 pin)"
-        rows.append((name, entry.model_type, entry.repo_id, pin, entry.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    entries = [get_entry(name) for name in list_models()]
+    if args.json:
+        print(json.dumps([{"name": e.name, "type": e.model_type, "dataset": e.dataset, "repo_id": e.repo_id,
+                           "revision": e.revision, "sha256": e.sha256, "metrics": dict(e.metrics),
+                           "description": e.description} for e in entries], indent=2))
+        return
+    header = ("NAME", "TYPE", "DATASET", "PINNED BY", "MEASURED")
+    def measured(metrics: dict[str, float]) -> str:
+        tested = [(k.removeprefix("test_"), v) for k, v in metrics.items() if k.startswith("test_")]
+        if not tested:
+            return "-"
+        more = f" (+{len(tested) - 1} more)" if len(tested) > 1 else ""
+        return f"{tested[0][0]} {tested[0][1]:.2f}%{more}"
+
+    rows = [(e.name, e.model_type, e.dataset, f"revision {e.revision[:12]}" if e.revision else "sha256",
+             measured(dict(e.metrics))) for e in entries]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print("\n`puvae-defense list-models --json` gives every field, with descriptions; docs/weights.md the model cards.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -652,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export)
 
     listing = sub.add_parser("list-models", help="list the registered pretrained models")
+    listing.add_argument("--json", action="store_true", help="every field of every entry, as JSON")
     listing.set_defaults(func=_cmd_list)
     return parser
 

@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -334,11 +335,7 @@ def _resolve_entry(entry: PretrainedEntry, revision: str | None) -> Path:
     if (bundled / entry.filename).is_file() and (bundled / CONFIG_NAME).is_file():
         _verify(bundled / entry.filename, entry.sha256, source="bundled copy")
         _verify_config(bundled, entry, source="bundled copy")
-        warnings.warn(
-            f"the Hugging Face Hub could not be reached; using the copy of {entry.name!r} bundled in this "
-            f"source checkout at {bundled}",
-            stacklevel=4,
-        )
+        _warn_bundled_once(entry.name, bundled.parent)
         return bundled
     tried.append(f"a bundled copy at {bundled} (absent)")
     raise HubUnreachableError(
@@ -346,6 +343,26 @@ def _resolve_entry(entry: PretrainedEntry, revision: str | None) -> Path:
         f"`hf download {entry.repo_id}{' --revision ' + entry.revision if entry.revision else ''}` where the Hub "
         f"is reachable (or set HF_ENDPOINT to a mirror), or pass a local folder path instead of the name."
     )
+
+
+#: Whether this process has said that it uses bundled copies (said once, not at every load).
+_warned_bundled = False
+
+
+def _warn_bundled_once(name: str, root: Path) -> None:
+    """Say once per process that the Hub could not be reached and bundled copies are used, at the
+    first line outside this package that asked for a model (the user's call, not the library's)."""
+    global _warned_bundled
+    if _warned_bundled:
+        return
+    _warned_bundled = True
+    package = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(1), 2
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"the Hugging Face Hub could not be reached; using the copy of {name!r} bundled in this source "
+                  f"checkout at {root / name} (and the bundled copies of any other model this process loads, each "
+                  "verified against the registry; said once)", stacklevel=level)
 
 
 def _resolve_repo(repo_id: str, revision: str) -> Path:

@@ -51,6 +51,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _bundled_copy_warning_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library says once per process that it uses bundled copies; each test sees it as a fresh process would."""
+    from puvae_defense import hub
+
+    monkeypatch.setattr(hub, "_warned_bundled", False)
+
+
 @pytest.fixture
 def bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run bf16 code as on a CPU with bf16 units, so it does not warn on CPUs that emulate it."""

@@ -51,10 +51,14 @@ def test_list_models(capsys) -> None:
     from puvae_defense import hub
 
     assert main(["list-models"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    header, *lines = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    assert header.split() == ["NAME", "TYPE", "DATASET", "PINNED", "BY", "MEASURED"]
     assert [line.split()[0] for line in lines] == hub.list_models()
     type_column = {line.index(f" {hub.get_entry(line.split()[0]).model_type} ") for line in lines}
-    assert len(type_column) == 1  # the columns line up, however long a name is
+    assert len(type_column) == 1 and header.index(" TYPE ") + 1 in {c + 1 for c in type_column}  # aligned columns
+    assert main(["list-models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listed] == hub.list_models() and all(len(m["sha256"]) == 64 for m in listed)
 
 
 def test_train_commands(tmp_path, monkeypatch, capsys) -> None:

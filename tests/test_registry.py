@@ -58,3 +58,17 @@ def test_fresh_machine_uses_the_bundled_copy(tmp_path, monkeypatch) -> None:
         model = PurifiedClassifier(net, "puvae-mnist")
     with torch.no_grad():
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_bundled_copy_warning_is_said_once_at_the_callers_line(tmp_path, monkeypatch) -> None:
+    import warnings
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PaperClassifier.from_pretrained("mnist-classifier-a")
+        PaperClassifier.from_pretrained("mnist-classifier-b")
+        PurifiedClassifier(torch.nn.Flatten(), "puvae-mnist", check_num_classes=False)
+    hub_warnings = [w for w in caught if "could not be reached" in str(w.message)]
+    assert len(hub_warnings) == 1 and hub_warnings[0].filename == __file__  # the user's line, not the library's
