@@ -22,12 +22,15 @@ __all__ = ["main"]
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     from .config import TrainConfig
+    from .recipes import DEFAULT_RECIPE, FINETUNE_RECIPE, RECIPES
 
+    default, finetune = RECIPES[DEFAULT_RECIPE], RECIPES[FINETUNE_RECIPE]
     for item in dataclasses.fields(TrainConfig):
-        default = item.default
-        kind = _flag if isinstance(default, bool) else type(default)
+        kind = _flag if isinstance(item.default, bool) else type(item.default)
+        ours, tuned = getattr(default, item.name), getattr(finetune, item.name)
+        source = (f"{ours!r} in {DEFAULT_RECIPE!r}" + (f", {tuned!r} in {FINETUNE_RECIPE!r} (with --init)" if tuned != ours else ""))
         parser.add_argument(f"--{item.name.replace('_', '-')}", type=kind, default=None,
-                            help=f"TrainConfig.{item.name} (default {default!r})")
+                            help=f"TrainConfig.{item.name}; default from --recipe: {source}".replace("%", "%%"))
 
 
 def _flag(text: str) -> bool:
@@ -484,6 +487,36 @@ def _cmd_list(args: argparse.Namespace) -> None:
     print("\n`puvae-defense list-models --json` gives every field, with descriptions; docs/weights.md the model cards.")
 
 
+#: Help of options that several commands share (filled where a command gives none of its own).
+_COMMON_HELP = {
+    "dataset": "data set", "data_root": "data root (default $PUVAE_DEFENSE_DATA or the user cache)",
+    "device": "torch device (cpu, cuda, cuda:1, ...)", "seed": "seeds every random choice",
+    "checkpoint_dir": "write a checkpoint after every epoch here and resume from the latest",
+    "batch_size": "images per batch", "sigma_eps": "PuVAE's sampling noise at inference (paper: 0.1; 0: deterministic)",
+    "quiet": "no progress bars", "out": "where to write", "epochs": "passes over the training set",
+    "arch": "the paper's classifier architecture (A-D), the source classifier, or Carlini & Wagner's (cw)",
+    "split": "which split", "folder": "the weights folder (config.json, model.safetensors, README.md)",
+    "repo_id": "Hub repository, ORGANIZATION/NAME", "private": "create the repository private",
+    "name": "data set name", "action": "what to do",
+}
+
+
+def _document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give every option a help text and show its default (argparse's ``%(default)s``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.help = action.help or _COMMON_HELP["action"]
+            for child in action.choices.values():
+                _document_defaults(child)
+            continue
+        if action.help is argparse.SUPPRESS or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        action.help = action.help or _COMMON_HELP.get(action.dest, action.dest.replace("_", " "))
+        shows_default = "default" in action.help
+        if action.option_strings and not shows_default and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            action.help += " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``puvae-defense``."""
     from . import __version__
@@ -665,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list-models", help="list the registered pretrained models")
     listing.add_argument("--json", action="store_true", help="every field of every entry, as JSON")
+    _document_defaults(parser)
     listing.set_defaults(func=_cmd_list)
     return parser
 

@@ -173,3 +173,19 @@ def test_version_and_help_do_not_load_torch() -> None:
     assert out.split() == ["False", "False"]
     version = subprocess.run([sys.executable, "-m", "puvae_defense.cli", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.strip() == f"puvae-defense {puvae_defense.__version__}"
+
+
+def test_every_option_has_help_and_shows_its_default(capsys) -> None:
+    import argparse
+
+    from puvae_defense.cli import build_parser
+
+    parser = build_parser()
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+            if action.option_strings and action.default not in (None, False) and not isinstance(action, argparse._HelpAction):
+                assert "default" in action.help, f"{name} {action.option_strings[0]} does not show its default"
+    train_help = commands["train"].format_help()
+    assert "--epochs EPOCHS" in train_help and "3 in 'robust', 1 in 'finetune'" in " ".join(train_help.split())
