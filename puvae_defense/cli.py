@@ -338,7 +338,7 @@ def _evaluation_inputs(args: argparse.Namespace):
 #: Command-line key -> name in ``evaluation.ADAPTIVE_ATTACKS`` (spelled out here so that building
 #: the parser does not import torch; ``EvalSettings`` rejects a name that drifts).
 ADAPTIVE_KEYS = {"full": "PGD (full gradient)", "bpda": "PGD + BPDA", "bpda-tracked": "PGD + BPDA (tracked)",
-                 "eot": "PGD + EOT", "distance": "PGD on the distances"}
+                 "eot": "PGD + EOT", "distance": "PGD on the distances", "bits": "Search over squeezed bits"}
 
 
 def _evaluation_defaults(args: argparse.Namespace) -> None:
@@ -589,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adaptive", nargs="*", default=list(ADAPTIVE_KEYS), choices=list(ADAPTIVE_KEYS),
                     help="adaptive attacks: PGD through the full purifier, with BPDA, with BPDA on a projection "
                          "tracked from step to step (Defense-GAN only), with EOT, on the purifier's distances "
-                         "(PuVAE only) (default all that apply)")
+                         "(PuVAE only), a search over the binary images 1-bit squeezing lets the eps-ball reach "
+                         "(+squeeze defenses only) (default all that apply)")
     ev.add_argument("--adaptive-limit", type=_count, default=1000, help="images for adaptive attacks (0: none)")
     ev.add_argument("--attack-param", nargs="+", default=[], metavar="KEY=VALUE",
                     help="replace an attack parameter, e.g. pgd_steps=100 or bpda_track_every_restart=false "

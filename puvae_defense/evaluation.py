@@ -39,6 +39,7 @@ from torch import nn
 
 from .attacks import bpda, cw_l2, fgsm, ifgsm, pgd, rand_fgsm, random_targets
 from .baselines.defense_gan import DefenseGAN, TrackedProjection
+from .baselines.feature_squeezing import BitDepthSqueeze, squeezed_bits_attack
 from .classifier import PurifiedClassifier
 from .model import PuVAE
 from .data import ImageDataset
@@ -127,7 +128,8 @@ ATTACK_SETTINGS: Mapping[str, Mapping[str, Any]] = {
 }
 
 PAPER_ATTACKS = ("FGSM", "iFGSM", "RAND+FGSM", "CW")
-ADAPTIVE_ATTACKS = ("PGD (full gradient)", "PGD + BPDA", "PGD + BPDA (tracked)", "PGD + EOT", "PGD on the distances")
+ADAPTIVE_ATTACKS = ("PGD (full gradient)", "PGD + BPDA", "PGD + BPDA (tracked)", "PGD + EOT", "PGD on the distances",
+                    "Search over squeezed bits")
 #: Adaptive attacks that only some purifiers have (the others skip them): PuVAE's class-projection
 #: rule, Defense-GAN's search that an attacker can continue from step to step.
 _PURIFIER_SPECIFIC = {"PGD on the distances": PuVAE, "PGD + BPDA (tracked)": DefenseGAN}
@@ -418,7 +420,10 @@ def _attack_target(classifier: nn.Module, model: PurifiedClassifier, transfer: b
 
 
 def _applies(attack: str, model: PurifiedClassifier) -> bool:
-    """Whether ``attack`` applies to the defense (see ``_PURIFIER_SPECIFIC``)."""
+    """Whether ``attack`` applies to the defense (see ``_PURIFIER_SPECIFIC``; the search over squeezed
+    bits needs 1-bit squeezing in front of the purifier)."""
+    if attack == "Search over squeezed bits":
+        return isinstance(model.input_transform, BitDepthSqueeze) and model.input_transform.bits == 1
     kind = _PURIFIER_SPECIFIC.get(attack)
     return kind is None or isinstance(model.purifier, kind)
 
@@ -648,7 +653,29 @@ def _adaptive_attack(
         return pgd(bpda(track, model.classify_purified), images, labels, **common)
     if attack == "PGD on the distances":
         return pgd(distance_logits(model, params["distance_scale"]), images, labels, **common)
+    if attack == "Search over squeezed bits":
+        if not _applies(attack, model):
+            raise ValueError("'Search over squeezed bits' attacks 1-bit squeezing; this defense has none in front")
+        return squeezed_bits_attack(squeezed_margin(model), images, labels, eps=params["eps"], generator=generator)
     return pgd(model, images, labels, eot_samples=params["eot_samples"], **common)
+
+
+def squeezed_margin(model: PurifiedClassifier) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The defense's decision margin on already squeezed (binary or relaxed) images, for
+    :func:`~puvae_defense.baselines.feature_squeezing.squeezed_bits_attack`: behind PuVAE the
+    projection's own rule (RMSE to the true class's projection minus the nearest other's,
+    deterministic projection), else the classifier's best wrong logit minus its true one.
+    Positive: the defense is fooled."""
+    def margin(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if isinstance(model.purifier, PuVAE):
+            scores = -model.purifier.project(images, 0.0, max_batch=model.max_batch, backend=model.backend).distances
+        else:
+            scores = model.classify_purified(model.purifier.purify(images)).float()
+        true = scores.gather(1, labels[:, None]).squeeze(1)
+        other = scores.scatter(1, labels[:, None], float("-inf")).amax(1)
+        return other - true
+
+    return margin
 
 
 def distance_logits(model: PurifiedClassifier, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -451,6 +451,67 @@ def test_bit_depth_squeeze_levels_and_gradients() -> None:
             BitDepthSqueeze(bad)  # type: ignore[arg-type]
 
 
+def test_squeezable_bits_are_the_pixels_the_budget_moves_across_the_threshold() -> None:
+    from puvae_defense.baselines.feature_squeezing import squeezable_bits
+
+    x = torch.tensor([0.0, 0.15, 0.25, 0.5, 0.6, 0.85, 1.0]).view(1, 1, 1, 7)
+    bits, free = squeezable_bits(x, 0.3)
+    assert bits.flatten().tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert free.flatten().tolist() == [False, False, True, True, True, False, False]
+
+
+def _count_classifier(threshold: float):
+    """Class 1 when more than ``threshold`` pixels of the (squeezed) image are on; its margin for label 0."""
+    def score(binary: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return binary.flatten(1).sum(1) - threshold  # > 0: predicts 1, fooled on label 0
+    return score
+
+
+def test_squeezed_bits_attack_finds_the_binary_image_that_fools(images: torch.Tensor) -> None:
+    from puvae_defense.baselines import BitDepthSqueeze
+    from puvae_defense.baselines.feature_squeezing import squeezable_bits, squeezed_bits_attack
+
+    x = torch.zeros(3, 1, 4, 4)
+    x[:, 0, 0, :] = torch.tensor([0.3, 0.35, 0.4, 0.45])  # four free pixels each (eps 0.3), all off
+    x[2, 0, 0, :] = 0.1  # the last image has none: nothing can fool it
+    labels = torch.zeros(3, dtype=torch.long)
+    score = _count_classifier(2.5)  # three of the four must be turned on
+    adversarial = squeezed_bits_attack(score, x, labels, eps=0.3, steps=30, lr=0.5, generator=torch.Generator().manual_seed(0))
+    assert float((adversarial - x).abs().max()) <= 0.3 + 1e-6 and 0 <= float(adversarial.min()) and float(adversarial.max()) <= 1
+    squeezed = BitDepthSqueeze(1)(adversarial)
+    assert (score(squeezed, labels) > 0).tolist() == [True, True, False]
+    _, free = squeezable_bits(x, 0.3)
+    assert torch.equal(torch.where(free, x, adversarial), x)  # only free pixels move
+
+
+def test_squeezed_bits_attack_flips_when_the_relaxation_is_not_enough() -> None:
+    """With no gradient steps, the rounding of the start and the pixel flips alone must do the work."""
+    from puvae_defense.baselines import BitDepthSqueeze
+    from puvae_defense.baselines.feature_squeezing import squeezed_bits_attack
+
+    x = torch.full((2, 1, 4, 4), 0.3)
+    score = _count_classifier(9.5)  # ten of the sixteen free pixels on
+    adversarial = squeezed_bits_attack(score, x, torch.zeros(2, dtype=torch.long), eps=0.3, steps=0, flip_rounds=10,
+                                       flip_fraction=0.25, generator=torch.Generator().manual_seed(1))
+    assert (score(BitDepthSqueeze(1)(adversarial), None) > 0).all()
+
+
+def test_the_search_over_squeezed_bits_runs_in_the_harness(tiny_vae, mnist_root) -> None:
+    from puvae_defense.baselines import BitDepthSqueeze
+    from puvae_defense.data import load_dataset
+    from puvae_defense.evaluation import EvalSettings, evaluate
+
+    net = _net()
+    squeezed = PurifiedClassifier(net, tiny_vae, sigma_eps=0.0, input_transform=BitDepthSqueeze(1)).eval()
+    plain = PurifiedClassifier(net, tiny_vae, sigma_eps=0.0).eval()
+    data = load_dataset("mnist", "test", root=mnist_root).subset(0, 4)
+    settings = EvalSettings(attacks=(), adaptive=("Search over squeezed bits",), adaptive_limit=4, batch_size=4,
+                            overrides={"pgd_steps": 1})
+    report = evaluate({"A": net}, {"puvae+squeeze": {"A": squeezed}, "puvae": {"A": plain}}, data, settings, progress=False)
+    adaptive = report["classifiers"]["A"]["adaptive"]
+    assert "Search over squeezed bits" in adaptive["puvae+squeeze"] and "Search over squeezed bits" not in adaptive.get("puvae", {})
+
+
 def test_input_transform_runs_on_checked_inputs_before_the_purifier(tiny_vae, images: torch.Tensor) -> None:
     from puvae_defense.baselines import BitDepthSqueeze
 
