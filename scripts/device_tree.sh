@@ -6,7 +6,7 @@
 #   scripts/device_tree.sh restore    # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
-FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
+FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/puvae-mnist-smooth/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
 case ${1:-} in
     stash)
         data=${PUVAE_DEFENSE_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/puvae-defense/data}

@@ -7,6 +7,8 @@
 #                                            # recipe, the shipped A/B's epochs and seed; about 6 min each here)
 #   scripts/smoothing_mnist.sh denoiser      # puvae-mnist-smooth: fine-tune puvae-mnist with recipe "smooth" on all
 #                                            # 50,000 training images (one epoch) into $WORK/puvae-mnist-smooth
+#   scripts/smoothing_mnist.sh bundle        # the denoiser into hub/puvae-mnist-smooth with its measured card
+#                                            # (scripts/bundle_smooth.py) and the registry
 #   scripts/smoothing_mnist.sh certify [CLASSIFIER SIGMA CONFIG...]
 #                                            # certify the first $LIMIT test images (n = $N, n0 = 100,
 #                                            # alpha = 0.001); CONFIG in: alone puvae smooth magnet retrained;
@@ -63,6 +65,8 @@ case ${1:-} in
         [ -f "$WORK/puvae-mnist-smooth/model.safetensors" ] && { echo "$WORK/puvae-mnist-smooth: done"; exit 0; }
         "$CLI" train --init puvae-mnist --recipe smooth --source mnist-source --out "$WORK/puvae-mnist-smooth" \
             --checkpoint-dir "$WORK/puvae-mnist-smooth-checkpoints" ;;
+    bundle)
+        .venv/bin/python scripts/bundle_smooth.py "$WORK/puvae-mnist-smooth" ;;
     certify)
         shift
         if [ $# -eq 3 ]; then
@@ -79,5 +83,5 @@ case ${1:-} in
             echo "usage: $0 certify [CLASSIFIER SIGMA CONFIG]" >&2; exit 2
         fi ;;
     *)
-        sed -n '2,19p' "$0"; exit 2 ;;
+        sed -n '2,21p' "$0"; exit 2 ;;
 esac
