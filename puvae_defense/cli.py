@@ -1,4 +1,4 @@
-"""Command line: ``puvae-defense {data,train,train-classifier,train-baseline,evaluate,certify,purify,export,push,list-models}``.
+"""Command line: ``puvae-defense {data,train,train-classifier,train-baseline,evaluate,certify,diagnose,adapt,purify,export,push,list-models}``.
 
 Argument parsing only; every command calls the library.
 """
@@ -451,6 +451,54 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     print(f"wrote {out / name}.json")
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .diagnosis import diagnose
+
+    net = _load_classifier(args.classifier, args.device)
+    data = load_dataset(args.dataset, args.split, root=args.data_root)
+    result = diagnose(net, _load_any_purifier(args.purifier, args.device), data, limit=args.limit,
+                      batch_size=args.batch_size, sigma_eps=args.sigma_eps, tolerance=args.tolerance, seed=args.seed,
+                      warn=False)
+    print(result)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(result), "drop": result.drop, "verdict": result.verdict}))
+
+
+def _load_any_purifier(source: str, device: str):
+    from .baselines import load_purifier
+
+    return load_purifier(source, device=device)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import load_dataset
+    from .diagnosis import adapt, diagnose
+
+    out = _new_folder(args.out, option="--out")
+    net = _load_classifier(args.classifier, args.device)
+    purifier = _load_any_purifier(args.purifier, args.device)
+    train = load_dataset(args.dataset, "train", root=args.data_root)
+    if args.limit is not None:
+        train = train.subset(0, args.limit)
+    val = load_dataset(args.dataset, "val", root=args.data_root)
+    adapted = adapt(net, purifier, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                    clean_fraction=args.clean_fraction, sigma_eps=args.sigma_eps, seed=args.seed, progress=not args.quiet)
+    before = diagnose(net, purifier, val, limit=args.val_images, sigma_eps=args.sigma_eps, seed=args.seed, warn=False)
+    after = diagnose(adapted, purifier, val, limit=args.val_images, sigma_eps=args.sigma_eps, seed=args.seed, warn=False)
+    metrics = {"val_accuracy": round(after.clean_accuracy, 2), "val_accuracy_through_purifier": round(after.purified_accuracy, 2),
+               "val_accuracy_before": round(before.clean_accuracy, 2),
+               "val_accuracy_through_purifier_before": round(before.purified_accuracy, 2)}
+    adapted.save_pretrained(out, dtype=torch.float16, metadata={
+        "dataset": args.dataset, "metrics": metrics,
+        "training": {"command": _command(args), "adapted from": args.classifier, "purifier": args.purifier}})
+    print(f"before: {before.clean_accuracy:.2f}% alone, {before.purified_accuracy:.2f}% behind the purifier; "
+          f"after: {after.clean_accuracy:.2f}% and {after.purified_accuracy:.2f}% (first {after.images:,} validation "
+          f"images); saved {out}")
+
+
 def _cmd_push(args: argparse.Namespace) -> None:
     from .hub import push_to_hub, update_registry
 
@@ -642,6 +690,42 @@ def build_parser() -> argparse.ArgumentParser:
                            "larger --limit)")
     cert.add_argument("--quiet", action="store_true", help="no progress bar")
     cert.set_defaults(func=_cmd_certify)
+
+    diag = sub.add_parser("diagnose", help="does the purifier fit your classifier? accuracy with and without it, "
+                                           "the projection's own accuracy, a verdict and the next step")
+    diag.add_argument("--classifier", required=True, help="your classifier: folder or registered name")
+    diag.add_argument("--purifier", default="puvae-mnist", help="folder, registered name or Hub repo id")
+    diag.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    diag.add_argument("--split", default="val", choices=["train", "val", "test"])
+    diag.add_argument("--limit", type=_positive_int, default=1000, help="first N images")
+    diag.add_argument("--batch-size", type=_positive_int, default=250)
+    diag.add_argument("--sigma-eps", type=_sigma_eps, default=0.1)
+    diag.add_argument("--tolerance", type=_nonnegative_float, default=1.0,
+                      help="largest acceptable accuracy drop, in points")
+    diag.add_argument("--seed", type=_count, default=0)
+    diag.add_argument("--device", default="cpu")
+    diag.add_argument("--data-root", default=None)
+    diag.add_argument("--json", action="store_true", help="also print the measurements as one JSON line")
+    diag.set_defaults(func=_cmd_diagnose)
+
+    adapt_cmd = sub.add_parser("adapt", help="fine-tune a copy of your classifier on purified (and clean) training images")
+    adapt_cmd.add_argument("--classifier", required=True, help="your classifier: folder or registered name")
+    adapt_cmd.add_argument("--purifier", default="puvae-mnist", help="folder, registered name or Hub repo id")
+    adapt_cmd.add_argument("--out", required=True, help="folder for the adapted classifier")
+    adapt_cmd.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
+    adapt_cmd.add_argument("--limit", type=_positive_int, default=None, help="first N training images (default all)")
+    adapt_cmd.add_argument("--epochs", type=_positive_int, default=1)
+    adapt_cmd.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate")
+    adapt_cmd.add_argument("--batch-size", type=_positive_int, default=128)
+    adapt_cmd.add_argument("--clean-fraction", type=_nonnegative_float, default=0.5,
+                           help="share of each batch kept clean (the rest purified)")
+    adapt_cmd.add_argument("--sigma-eps", type=_sigma_eps, default=0.1)
+    adapt_cmd.add_argument("--val-images", type=_positive_int, default=1000, help="validation images measured before and after")
+    adapt_cmd.add_argument("--seed", type=_count, default=0)
+    adapt_cmd.add_argument("--device", default="cpu")
+    adapt_cmd.add_argument("--data-root", default=None)
+    adapt_cmd.add_argument("--quiet", action="store_true")
+    adapt_cmd.set_defaults(func=_cmd_adapt)
 
     push = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub")
     push.add_argument("folder")

@@ -189,3 +189,21 @@ def test_every_option_has_help_and_shows_its_default(capsys) -> None:
                 assert "default" in action.help, f"{name} {action.option_strings[0]} does not show its default"
     train_help = commands["train"].format_help()
     assert "--epochs EPOCHS" in train_help and "3 in 'robust', 1 in 'finetune'" in " ".join(train_help.split())
+
+
+def test_diagnose_and_adapt_commands(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    torch.manual_seed(0)
+    PaperClassifier(ClassifierConfig("source")).save_pretrained(tmp_path / "clf")
+    common = ["--classifier", str(tmp_path / "clf"), "--purifier", str(tmp_path / "vae"), "--data-root", str(mnist_root)]
+    assert main(["diagnose", *common, "--limit", "8", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "classifier alone" in out and "verdict: " in out
+    record = json.loads(out.strip().splitlines()[-1])
+    assert record["images"] == 8 and record["verdict"] in ("ok", "adapt the classifier", "fine-tune the purifier")
+    assert main(["adapt", *common, "--out", str(tmp_path / "adapted"), "--limit", "16", "--val-images", "8", "--quiet"]) == 0
+    assert "before: " in capsys.readouterr().out
+    adapted = PaperClassifier.from_pretrained(tmp_path / "adapted")
+    assert adapted.config == PaperClassifier.from_pretrained(tmp_path / "clf").config
+    card = json.loads((tmp_path / "adapted" / "config.json").read_text())["metadata"]
+    assert card["training"]["adapted from"] == str(tmp_path / "clf") and "val_accuracy_through_purifier" in card["metrics"]
