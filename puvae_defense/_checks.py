@@ -10,10 +10,23 @@ import warnings
 
 import torch
 
-__all__ = ["RANGE_TOLERANCE", "check_images", "check_labels", "cpu_has_bf16", "warn_if_emulated_bf16"]
+__all__ = ["RANGE_TOLERANCE", "check_images", "check_labels", "cpu_has_bf16", "not_a_tensor", "warn_if_emulated_bf16"]
 
 #: Values this far outside [0, 1] are accepted (rounding of upstream transforms).
 RANGE_TOLERANCE = 1e-3
+
+
+def not_a_tensor(name: str, value: object, expected: str = "of shape (B, C, H, W)") -> TypeError:
+    """The error for a non-tensor input, naming its type in full (``numpy.ndarray``) and, for
+    numpy arrays and lists, how to convert them."""
+    kind = type(value)
+    full = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__.split('.')[0]}.{kind.__qualname__}"
+    hint = ""
+    if full.startswith("numpy."):
+        hint = " (convert with torch.from_numpy(array).float(), divided by 255 for uint8 images)"
+    elif isinstance(value, (list, tuple)):
+        hint = " (convert with torch.tensor(...) or torch.stack(...))"
+    return TypeError(f"expected a torch.Tensor for {name} {expected}, got {full}{hint}")
 
 
 def check_images(
@@ -28,7 +41,7 @@ def check_images(
         check_values: also check for NaN/Inf and the [0, 1] range (one pass over the data).
     """
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+        raise not_a_tensor(name, images)
     if images.device.type == "meta":
         raise ValueError(f"{name} are on the meta device: they have no values (move real images to the model's device)")
     expected = "(B, " + ", ".join(str(d) for d in image_shape) + ")"
@@ -68,7 +81,7 @@ def check_images(
 def check_labels(labels: object, batch: int, num_classes: int, *, name: str = "labels") -> torch.Tensor:
     """Check a ``(B,)`` integer tensor of class indices in ``[0, num_classes)`` and return it."""
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+        raise not_a_tensor(name, labels, "of class indices")
     if labels.device.type == "meta":
         raise ValueError(f"{name} are on the meta device: they have no values")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_images, check_labels
+from ._checks import check_images, check_labels, not_a_tensor
 
 __all__ = ["BPDA", "bpda", "cw_l2", "fgsm", "ifgsm", "pgd", "rand_fgsm", "random_targets"]
 
@@ -43,7 +43,7 @@ def _check_attack_inputs(images: object, labels: object) -> tuple[torch.Tensor, 
     """Images a finite floating ``(B, C, H, W)`` batch in [0, 1], labels ``(B,)`` non-negative
     integers (their upper bound is checked against the model's logits, :func:`_logits`)."""
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+        raise not_a_tensor("images", images)
     if images.device.type == "meta":
         raise ValueError("images are on the meta device: they have no values to attack")
     if images.dim() != 4:

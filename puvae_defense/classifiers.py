@@ -50,6 +50,19 @@ _SPECS: dict[str, dict[str, Any]] = {
 }
 
 
+def _smallest_side(arch: str) -> int:
+    """The smallest square image side that classifier ``arch`` accepts (its convolutions are 'valid')."""
+    side = 1
+    while True:
+        size = side
+        for _, kernel, stride, pool in _SPECS[arch]["convs"]:
+            size = (size - kernel) // stride + 1 if size >= kernel else 0
+            size = size // 2 if pool else size
+        if size > 0:
+            return side
+        side += 1
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Which classifier, for which images.
@@ -99,7 +112,9 @@ class PaperClassifier(PretrainedMixin, nn.Sequential):
                 height, width = height // 2, width // 2
             channels = out_channels
         if height <= 0 or width <= 0:
-            raise ValueError(f"images of shape {config.image_shape} are too small for classifier {config.arch}")
+            raise ValueError(f"images of shape {config.image_shape} are too small for classifier {config.arch}: it needs "
+                             f"at least {_smallest_side(config.arch)}x{_smallest_side(config.arch)} pixels (resize the "
+                             "images, or choose an architecture for small images)")
         trunk_dropout, fc_dropout = spec["dropout"]
         layers.append(nn.Flatten())
         if trunk_dropout:

@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._checks import not_a_tensor
+
 __all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "binomial_p_value", "certified_accuracy",
            "clopper_pearson_lower", "radius_bound"]
 
@@ -251,7 +253,7 @@ class SmoothedClassifier:
 def _check_images(images: object) -> torch.Tensor:
     """A finite floating ``(B, C, H, W)`` tensor with values (not on the meta device)."""
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+        raise not_a_tensor("images", images)
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f"images must be a floating (B, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
     if images.device.type == "meta":

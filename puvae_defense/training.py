@@ -375,6 +375,10 @@ def fit(
         _check_matches_init(dataset, image_shape, labels, config, origin["name"])
     num_classes = config.num_classes if config else _infer_classes(dataset, source_clf, image_shape, device)
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        if config is None and not getattr(dataset, "classes", None):  # the class count came from the source's logits
+            raise ValueError(f"the source classifier returns {num_classes} logits but the dataset labels range from "
+                             f"{int(labels.min())} to {int(labels.max())}: give a source classifier with one logit per "
+                             "class (or config=PuVAEConfig(num_classes=...))")
         raise ValueError(
             f"dataset labels range from {int(labels.min())} to {int(labels.max())}, outside [0, {num_classes - 1}]"
         )

@@ -51,3 +51,11 @@ def test_bad_configs() -> None:
         ClassifierConfig("E")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="too small"):
         PaperClassifier(ClassifierConfig("C", (3, 8, 8)))
+
+
+def test_too_small_images_say_which_sizes_work() -> None:
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+
+    with pytest.raises(ValueError, match="too small for classifier A: it needs at least 9x9 pixels"):
+        PaperClassifier(ClassifierConfig("A", (1, 8, 8)))
+    assert PaperClassifier(ClassifierConfig("A", (1, 9, 9)))(torch.rand(1, 1, 9, 9)).shape == (1, 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,8 @@ def model(tiny_vae: PuVAE) -> PurifiedClassifier:
 @pytest.mark.parametrize(
     ("images", "error", "message"),
     [
-        ([[0.0]], TypeError, "must be a torch.Tensor"),
+        ([[0.0]], TypeError, r"expected a torch.Tensor for images of shape \(B, C, H, W\), got list \(convert with torch.tensor"),
+        (np.zeros((2, 1, 28, 28), dtype=np.float32), TypeError, r"expected a torch.Tensor .*, got numpy.ndarray \(convert with torch.from_numpy"),
         (torch.rand(1, 28, 28), ValueError, r"unsqueeze\(0\)"),
         (torch.rand(2, 784), ValueError, r"\(B, 1, 28, 28\)"),
         (torch.rand(2, 3, 28, 28), ValueError, "channels, height, width"),

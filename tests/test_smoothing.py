@@ -179,7 +179,7 @@ def test_bad_certify_arguments_are_clear_errors(call: dict[str, float], message:
 
 def test_bad_inputs_are_clear_errors() -> None:
     smoothed = SmoothedClassifier(_halfspace(), sigma=0.5)
-    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+    with pytest.raises(TypeError, match="expected a torch.Tensor for images"):
         smoothed.predict([[0.0]])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="NaN or Inf"):
         smoothed.predict(torch.full((1, 1, 4, 4), math.nan))

@@ -444,3 +444,13 @@ def test_fit_resumes_from_the_older_checkpoint_when_the_newest_is_damaged(tmp_pa
     with pytest.warns(RuntimeWarning, match="checkpoint-000002.safetensors is damaged"):
         model = _fit(data, tiny_source(), epochs=2, checkpoint_dir=tmp_path)
     assert [h.epoch for h in model.training_history] == [1, 2]
+
+
+def test_a_source_with_the_wrong_number_of_logits_is_named() -> None:
+    """Regression (issue 54): this error named the data set's labels, not the source classifier."""
+    from puvae_defense.data import ImageDataset
+
+    data = synthetic_dataset(32)
+    unnamed = ImageDataset(data.images, data.labels, ())  # no class names: the count comes from the source
+    with pytest.raises(ValueError, match="the source classifier returns 7 logits but the dataset labels range from 0 to 9"):
+        fit(unnamed, tiny_source(classes=7), progress=False, device="cpu", epochs=1)
