@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,7 +37,18 @@ from .losses import PuVAEObjective
 from .model import PuVAE
 from .serialization import WEIGHTS_NAME, sha256_of, weights_fingerprint
 
-__all__ = ["EpochStats", "TrainConfig", "evaluate_purifier", "fit", "latent_spread"]
+__all__ = ["EpochStats", "FitWarning", "TrainConfig", "evaluate_purifier", "fit", "latent_spread"]
+
+#: Fewest training images per class below which ``fit`` warns that the data set is too small for
+#: the paper-size PuVAE (tens of millions of parameters; MNIST has 5,000 per class).
+MIN_IMAGES_PER_CLASS = 100
+#: ``fit`` warns when the source classifier, or the purifier after training, is right on fewer than
+#: this many points above chance on the validation images.
+ABOVE_CHANCE = {"source": 20.0, "purifier": 10.0}
+
+
+class FitWarning(UserWarning):
+    """``fit`` ran but its result is doubtful: too little data, a weak source, a purifier near chance."""
 
 logger = logging.getLogger(__name__)
 
@@ -312,6 +324,7 @@ def fit(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    strict: bool = False,
     **options: Any,
 ) -> PuVAE:
     """Train a PuVAE on a labelled image data set.
@@ -338,6 +351,9 @@ def fit(
         checkpoint_dir: write a checkpoint after every epoch and resume from the latest.
         device: default CUDA when available (under torchrun: ``cuda:LOCAL_RANK``).
         progress: show a tqdm bar with the loss terms (rank 0 only).
+        strict: raise instead of warning (:class:`FitWarning`) when the run cannot be trusted: fewer
+            than ``MIN_IMAGES_PER_CLASS`` images per class, a source classifier or (after training)
+            a purifier whose validation accuracy is near chance.
         **options: any :class:`TrainConfig` field, overriding ``recipe``: ``epochs``,
             ``batch_size``, ``lr``, ``lambda_rc``, ``lambda_kl``, ``lambda_ce``, ``seed``, ...
 
@@ -387,6 +403,7 @@ def fit(
     config = config or PuVAEConfig(image_shape=image_shape, num_classes=num_classes)
     source = _frozen_classifier(source_clf, "source_clf", device)
     _check_source(source, image_shape, num_classes, device, init_name=origin["name"] if origin else None)
+    _check_inputs_can_train(len(dataset), num_classes, source, val_dataset, recipe.val_size, device, strict)
     attackers = [_frozen_classifier(model, f"attack_models[{i}]", device) for i, model in enumerate(attack_models)]
     for index, attacker in enumerate(attackers):
         _check_source(attacker, image_shape, num_classes, device, role=f"attack_models[{index}]")
@@ -471,10 +488,47 @@ def fit(
     finally:
         if initialised_here:
             dist.destroy_process_group()
+    if history and not math.isnan(history[-1].val_purified_acc):
+        _check_outcome(history[-1], num_classes, strict)
     vae.eval().requires_grad_(True)
     vae.training_history = tuple(history)
     vae.training_init = origin
     return vae
+
+
+def _doubt(message: str, strict: bool) -> None:
+    if strict:
+        raise ValueError(message + " (strict=True)")
+    warnings.warn(message, FitWarning, stacklevel=3)
+
+
+@torch.no_grad()
+def _check_inputs_can_train(size: int, num_classes: int, source: nn.Module, val_dataset: Dataset[Any] | None,
+                            val_size: int, device: torch.device, strict: bool) -> None:
+    """Before training: enough images per class, and a source classifier that reads the validation images."""
+    if size < MIN_IMAGES_PER_CLASS * num_classes:
+        _doubt(f"the data set has {size} images for {num_classes} classes, fewer than {MIN_IMAGES_PER_CLASS} per class: "
+               "the paper-size PuVAE may not learn them (docs/training.md, 'Your own data'); fine-tune a trained PuVAE "
+               "(init=...) or a smaller PuVAEConfig", strict)
+    if val_dataset is None or val_size == 0:
+        return
+    correct = total = 0
+    for images, labels in _batches(val_dataset, torch.arange(min(val_size, len(val_dataset))), 250, device):  # type: ignore[arg-type]
+        correct += int((source(images).argmax(1) == labels).sum())
+        total += len(labels)
+    accuracy, chance = 100.0 * correct / total, 100.0 / num_classes
+    if accuracy < chance + ABOVE_CHANCE["source"]:
+        _doubt(f"the source classifier is right on {accuracy:.1f}% of the validation images (chance {chance:.1f}%): "
+               "a PuVAE trained against it learns little about the classes; train the source classifier first", strict)
+
+
+def _check_outcome(last: EpochStats, num_classes: int, strict: bool) -> None:
+    """After training: the purifier must do better than chance on the validation images."""
+    chance = 100.0 / num_classes
+    if last.val_purified_acc < chance + ABOVE_CHANCE["purifier"]:
+        _doubt(f"after training, the source classifier is right on {last.val_purified_acc:.1f}% of the purified "
+               f"validation images (chance {chance:.1f}%): the PuVAE did not learn these images; train longer, give "
+               "more images, fine-tune a trained PuVAE (init=...) or use a PuVAEConfig for the image size", strict)
 
 
 def _initial_model(init: PuVAE | str | os.PathLike[str]) -> tuple[PuVAE, dict[str, str]]:

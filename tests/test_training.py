@@ -454,3 +454,18 @@ def test_a_source_with_the_wrong_number_of_logits_is_named() -> None:
     unnamed = ImageDataset(data.images, data.labels, ())  # no class names: the count comes from the source
     with pytest.raises(ValueError, match="the source classifier returns 7 logits but the dataset labels range from 0 to 9"):
         fit(unnamed, tiny_source(classes=7), progress=False, device="cpu", epochs=1)
+
+
+def test_fit_warns_when_its_result_cannot_be_trusted() -> None:
+    """Regression (issue 54): fit returned normally with validation accuracy through the purifier at chance."""
+    from puvae_defense.training import FitWarning
+
+    data, val = synthetic_dataset(32), synthetic_dataset(32, seed=1)
+    with pytest.warns(FitWarning) as caught:
+        _fit(data, tiny_source(), val_dataset=val, epochs=1)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "32 images for 10 classes, fewer than 100 per class" in messages
+    assert "the source classifier is right on" in messages  # an untrained source
+    assert "after training, the source classifier is right on" in messages  # near chance through the purifier
+    with pytest.raises(ValueError, match=r"fewer than 100 per class.*\(strict=True\)"):
+        _fit(data, tiny_source(), val_dataset=val, epochs=1, strict=True)
