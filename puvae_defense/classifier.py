@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,7 +15,10 @@ from .baselines.base import ImagePurifier
 from .kernels import Backend
 from .model import Projection, PuVAE, check_sigma_eps
 
-__all__ = ["PurifiedClassifier"]
+__all__ = ["PurifiedClassifier", "SETTINGS_NAME"]
+
+#: The file of a saved ``PurifiedClassifier`` that holds its settings (beside ``purifier/`` and ``classifier/``).
+SETTINGS_NAME = "purified_classifier.json"
 
 
 class PurifiedClassifier(nn.Module):
@@ -123,3 +128,82 @@ class PurifiedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the classifier on the purified ``images`` (``(B, C, H, W)`` in [0, 1])."""
         return self.classify_purified(self.purify(images).purified)
+
+    def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
+        """Save the defended model as one folder: ``purifier/``, ``classifier/`` (when it is one of
+        this library's models; otherwise pass it again to :meth:`from_pretrained`) and the settings
+        (``sigma_eps``, ``max_batch``, ``backend``, 1-bit squeezing) in ``purified_classifier.json``.
+
+        Args:
+            directory: created if needed.
+            dtype: store the weights in this dtype (``torch.float16`` halves the files).
+
+        Raises:
+            ValueError: a ``preprocess`` or an ``input_transform`` other than
+                :class:`~puvae_defense.baselines.BitDepthSqueeze` (code cannot be saved as data: save
+                without it and pass it to :meth:`from_pretrained`).
+        """
+        from .baselines import BitDepthSqueeze
+        from .serialization import PretrainedMixin
+
+        if self.preprocess is not None:
+            raise ValueError("a preprocess cannot be saved (it is code): save without it and pass "
+                             "preprocess=... to PurifiedClassifier.from_pretrained")
+        if self.input_transform is not None and not isinstance(self.input_transform, BitDepthSqueeze):
+            raise ValueError(f"the input_transform {type(self.input_transform).__name__} cannot be saved; only "
+                             "BitDepthSqueeze can")
+        if not isinstance(self.purifier, PretrainedMixin):
+            raise TypeError(f"the purifier {type(self.purifier).__name__} has no weights to save")
+        directory = Path(directory)
+        self.purifier.save_pretrained(directory / "purifier", dtype=dtype)
+        saves_classifier = isinstance(self.classifier, PretrainedMixin)
+        if saves_classifier:
+            self.classifier.save_pretrained(directory / "classifier", dtype=dtype)  # type: ignore[union-attr]
+        squeeze = self.input_transform
+        settings = {"format_version": 1, "sigma_eps": self.sigma_eps, "max_batch": self.max_batch, "backend": self.backend,
+                    "check_num_classes": self.check_num_classes, "classifier_saved": saves_classifier,
+                    "squeeze_bits": squeeze.bits if isinstance(squeeze, BitDepthSqueeze) else None}
+        (directory / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        classifier: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
+        preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device: torch.device | str | None = None,
+    ) -> PurifiedClassifier:
+        """Load a folder written by :meth:`save_pretrained` (in eval mode).
+
+        Args:
+            directory: the folder.
+            classifier: the classifier, when the folder holds none (or to replace the saved one).
+            preprocess: applied between purifier and classifier, as in the constructor.
+            device: where the modules go.
+        """
+        from .baselines import BitDepthSqueeze, load_purifier
+        from .classifiers import PaperClassifier
+
+        directory = Path(directory)
+        path = directory / SETTINGS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} has no {SETTINGS_NAME}: not a folder written by PurifiedClassifier.save_pretrained")
+        try:
+            settings = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise ValueError(f"corrupt {path}: {type(err).__name__}") from None
+        if not isinstance(settings, dict) or settings.get("format_version") != 1:
+            raise ValueError(f"{path} is not a format_version 1 PurifiedClassifier settings file")
+        if classifier is None:
+            if not settings.get("classifier_saved"):
+                raise ValueError(f"{directory} holds no classifier (it was not one of this library's models): pass "
+                                 "classifier=...")
+            classifier = PaperClassifier.from_pretrained(directory / "classifier", device=device)
+        bits = settings.get("squeeze_bits")
+        model = cls(classifier, load_purifier(directory / "purifier", device=device), sigma_eps=settings["sigma_eps"],
+                    preprocess=preprocess, input_transform=BitDepthSqueeze(bits) if bits else None,
+                    max_batch=settings.get("max_batch"), backend=settings.get("backend", "auto"),
+                    check_num_classes=settings.get("check_num_classes", True))
+        return model.eval()

@@ -69,6 +69,8 @@ class PuVAE(PretrainedMixin, nn.Module):
         self.training_history: tuple[Any, ...] = ()
         #: Where :func:`puvae_defense.fit` started from (``None``: random weights); not stored with the weights.
         self.training_init: dict[str, str] | None = None
+        #: The :class:`~puvae_defense.config.TrainConfig` of :func:`puvae_defense.fit` (``None`` when not trained by it).
+        self.training_recipe: Any = None
         channels = config.image_shape[0]
         pad = config.conv_dilation * (config.conv_kernel - 1) // 2
         self.trunk = nn.ModuleList(
@@ -334,6 +336,17 @@ class PuVAE(PretrainedMixin, nn.Module):
         return torch.sigmoid(logits).view(b, num_classes, *self.config.image_shape)
 
     model_type = "puvae"
+
+    def _default_metadata(self) -> dict[str, Any]:
+        if self.training_recipe is None:
+            return {}
+        import dataclasses
+
+        training = {"recipe": dataclasses.asdict(self.training_recipe), "epochs": len(self.training_history),
+                    **({"fine-tuned from": self.training_init} if self.training_init else {})}
+        last = self.training_history[-1].to_dict() if self.training_history else {}
+        metrics = {k: v for k, v in last.items() if k.startswith("val_") and isinstance(v, float) and v == v}
+        return {"training": training, **({"metrics": metrics} if metrics else {})}
 
     def _config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()

@@ -102,8 +102,16 @@ def save_folder(
     # One metadata key: safetensors writes its metadata map in hash order, and a single key keeps
     # the file bytes (and so the registry's sha256) the same every time the same weights are saved.
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    _default_mode(directory / WEIGHTS_NAME)  # safetensors creates its file 0600
     (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def _default_mode(path: Path) -> None:
+    """Give a file the mode a new file gets under the process's umask (usually 0644)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
 
 
 def read_config(directory: str | os.PathLike[str], *, model_type: str) -> dict[str, Any]:
@@ -272,16 +280,34 @@ class PretrainedMixin:
         dtype: torch.dtype | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (no pickle) into ``directory``.
+        """Write ``config.json``, ``model.safetensors`` (no pickle) and a model card ``README.md`` into ``directory``.
+
+        Files get the usual mode (0644 under the usual umask).
 
         Args:
             directory: target folder, created if needed.
-            dtype: store the weights in this dtype (``torch.float16`` for shipping).
-            metadata: JSON-ready facts (metrics, training) stored in ``config.json``.
+            dtype: store the weights in this dtype (``torch.float16`` halves the file; float32 by default).
+            metadata: JSON-ready facts (``name``, ``dataset``, ``description``, ``metrics``, ``training``)
+                stored in ``config.json`` and shown in the card, on top of what the model records itself.
         """
+        from .model_card import model_card
+
+        metadata = {**self._default_metadata(), **(metadata or {})}
         extra = {"metadata": metadata} if metadata else None
         assert isinstance(self, nn.Module)
-        return save_folder(self, directory, model_type=self.model_type, config=self._config_dict(), dtype=dtype, extra=extra)
+        folder = save_folder(self, directory, model_type=self.model_type, config=self._config_dict(), dtype=dtype, extra=extra)
+        training = metadata.get("training", {})
+        (folder / "README.md").write_text(model_card(
+            name=str(metadata.get("name", folder.resolve().name)), model_type=self.model_type,
+            dataset=str(metadata.get("dataset", "unknown")),
+            description=str(metadata.get("description", f"A {self.model_type} model saved with puvae-defense.")),
+            metrics={k: float(v) for k, v in metadata.get("metrics", {}).items() if isinstance(v, (int, float))},
+            training={k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in training.items()}))
+        return folder
+
+    def _default_metadata(self) -> dict[str, Any]:
+        """Facts a subclass records with its weights when the caller gives none (PuVAE: how it was trained)."""
+        return {}
 
     @classmethod
     def _build_checked(cls, config: dict[str, Any], path: Path) -> nn.Module:

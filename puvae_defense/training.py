@@ -493,6 +493,7 @@ def fit(
     vae.eval().requires_grad_(True)
     vae.training_history = tuple(history)
     vae.training_init = origin
+    vae.training_recipe = recipe
     return vae
 
 

@@ -99,3 +99,27 @@ def test_missing_folder_is_a_clear_error(tmp_path) -> None:
         PurifiedClassifier(_net(), tmp_path)
     with pytest.raises(FileNotFoundError, match="no such weights folder"):
         PurifiedClassifier(_net(), tmp_path / "a" / "b" / "missing")
+
+
+def test_a_purified_classifier_saves_and_loads_as_one_unit(tmp_path, tiny_vae: PuVAE, images: torch.Tensor) -> None:
+    from puvae_defense.baselines import BitDepthSqueeze
+    from puvae_defense.classifiers import ClassifierConfig, PaperClassifier
+
+    torch.manual_seed(0)
+    net = PaperClassifier(ClassifierConfig("source")).eval()
+    model = PurifiedClassifier(net, tiny_vae, sigma_eps=0.0, input_transform=BitDepthSqueeze(1), max_batch=40).eval()
+    folder = model.save_pretrained(tmp_path / "defended")
+    assert sorted(p.name for p in folder.iterdir()) == ["classifier", "purified_classifier.json", "purifier"]
+    loaded = PurifiedClassifier.from_pretrained(folder)
+    assert (loaded.sigma_eps, loaded.max_batch, loaded.input_transform.bits) == (0.0, 40, 1) and not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images))
+    plain = PurifiedClassifier(_net().eval(), tiny_vae, sigma_eps=0.0)  # a user's own network: not saved
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(ValueError, match="holds no classifier .* pass classifier="):
+        PurifiedClassifier.from_pretrained(tmp_path / "plain")
+    assert PurifiedClassifier.from_pretrained(tmp_path / "plain", classifier=_net().eval())(images).shape == (6, 10)
+    with pytest.raises(ValueError, match="a preprocess cannot be saved"):
+        PurifiedClassifier(net, tiny_vae, preprocess=Normalize((0.1,), (0.3,))).save_pretrained(tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="not a folder written by"):
+        PurifiedClassifier.from_pretrained(tmp_path / "plain" / "purifier")

@@ -13,7 +13,8 @@ from conftest import TINY_MNIST
 
 def test_round_trip_is_bit_identical(tmp_path, tiny_vae: PuVAE) -> None:
     folder = tiny_vae.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())  # safetensors alone writes 0600
     loaded = PuVAE.from_pretrained(folder)
     assert loaded.config == tiny_vae.config and not loaded.training
     for (k, a), (k2, b) in zip(tiny_vae.state_dict().items(), loaded.state_dict().items()):
@@ -178,3 +179,19 @@ def test_malformed_configs_are_value_errors_naming_the_file(tmp_path, tiny_vae: 
     with pytest.raises(ValueError, match=message) as info:
         PuVAE.from_pretrained(folder)
     assert "config.json" in str(info.value)
+
+
+def test_a_fitted_puvae_saves_its_recipe_origin_and_metrics(tmp_path) -> None:
+    from conftest import synthetic_dataset, tiny_source
+
+    from puvae_defense.training import fit
+
+    vae = fit(synthetic_dataset(32), tiny_source(), config=TINY_MNIST, epochs=1, batch_size=16, val_size=16,
+              val_dataset=synthetic_dataset(16, seed=1), progress=False, device="cpu")
+    folder = vae.save_pretrained(tmp_path / "mine", dtype=torch.float16, metadata={"dataset": "synthetic"})
+    metadata = json.loads((folder / "config.json").read_text())["metadata"]
+    assert metadata["training"]["recipe"]["lambda_proj"] == 100.0 and metadata["training"]["epochs"] == 1
+    assert metadata["dataset"] == "synthetic" and "val_purified_acc" in metadata["metrics"]
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: puvae-defense") and "# mine" in card and "val_purified_acc" in card
+    assert load_file(folder / "model.safetensors")["encoder_in.weight"].dtype == torch.float16
