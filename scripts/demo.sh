@@ -4,7 +4,7 @@
 # Prints the table and writes runs/demo/{demo.json,demo.md,projections.png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+SETUP=${SETUP:-demo} ./scripts/setup.sh
 exec .venv/bin/puvae-defense evaluate --classifiers A=mnist-classifier-a --attacks FGSM iFGSM \
     --limit 300 --adaptive-limit 0 --batch-size 100 --out runs/demo --name demo \
     --figure runs/demo/projections.png "$@"
