@@ -352,7 +352,7 @@ def fit(
         device: default CUDA when available (under torchrun: ``cuda:LOCAL_RANK``).
         progress: show a tqdm bar with the loss terms (rank 0 only).
         strict: raise instead of warning (:class:`FitWarning`) when the run cannot be trusted: fewer
-            than ``MIN_IMAGES_PER_CLASS`` images per class, a source classifier or (after training)
+            than ``MIN_IMAGES_PER_CLASS`` images per class from scratch, a source classifier or (after training)
             a purifier whose validation accuracy is near chance.
         **options: any :class:`TrainConfig` field, overriding ``recipe``: ``epochs``,
             ``batch_size``, ``lr``, ``lambda_rc``, ``lambda_kl``, ``lambda_ce``, ``seed``, ...
@@ -403,7 +403,8 @@ def fit(
     config = config or PuVAEConfig(image_shape=image_shape, num_classes=num_classes)
     source = _frozen_classifier(source_clf, "source_clf", device)
     _check_source(source, image_shape, num_classes, device, init_name=origin["name"] if origin else None)
-    _check_inputs_can_train(len(dataset), num_classes, source, val_dataset, recipe.val_size, device, strict)
+    _check_inputs_can_train(len(dataset), num_classes, source, val_dataset, recipe.val_size, device, strict,
+                            from_scratch=initial is None)
     attackers = [_frozen_classifier(model, f"attack_models[{i}]", device) for i, model in enumerate(attack_models)]
     for index, attacker in enumerate(attackers):
         _check_source(attacker, image_shape, num_classes, device, role=f"attack_models[{index}]")
@@ -505,9 +506,10 @@ def _doubt(message: str, strict: bool) -> None:
 
 @torch.no_grad()
 def _check_inputs_can_train(size: int, num_classes: int, source: nn.Module, val_dataset: Dataset[Any] | None,
-                            val_size: int, device: torch.device, strict: bool) -> None:
-    """Before training: enough images per class, and a source classifier that reads the validation images."""
-    if size < MIN_IMAGES_PER_CLASS * num_classes:
+                            val_size: int, device: torch.device, strict: bool, *, from_scratch: bool) -> None:
+    """Before training: enough images per class (from scratch; fine-tuning needs fewer), and a source
+    classifier that reads the validation images."""
+    if from_scratch and size < MIN_IMAGES_PER_CLASS * num_classes:
         _doubt(f"the data set has {size} images for {num_classes} classes, fewer than {MIN_IMAGES_PER_CLASS} per class: "
                "the paper-size PuVAE may not learn them (docs/training.md, 'Your own data'); fine-tune a trained PuVAE "
                "(init=...) or a smaller PuVAEConfig", strict)

@@ -1,4 +1,4 @@
-"""Fill the generated sections of README.md and docs/evaluation.md from the results files.
+"""Fill the generated sections of README.md and docs/*.md from the results files.
 
 Numbers are never copied by hand: they come from docs/results/*.json (written by
 `puvae-defense evaluate` and benchmarks/projection.py) and from the registry. Each
@@ -352,6 +352,38 @@ def headline(dataset: str) -> str:
     return "\n".join(lines)
 
 
+def summary(dataset: str = "mnist") -> str:
+    """README's one headline table: PuVAE's column of the paper's table beside the paper's, its clean
+    accuracy, and the strongest adaptive attack measured on the same weights."""
+    prose, number = PAPER_DATASETS[dataset]
+    reports = _results(f"table{number}*.json")
+    if not reports:
+        return f"_Not evaluated yet: no `table{number}*.json` report in docs/results._"
+    merged = merge_reports(reports, f"Table {number}")
+    weights = _weights(merged)
+    names = sorted(merged["classifiers"])
+    adaptive: dict[str, tuple[float, int]] = {}
+    for report in _results("adaptive*.json"):
+        if report["meta"]["settings"]["dataset"] != dataset or not _matches(report, weights).get("puvae"):
+            continue
+        for name, result in report["classifiers"].items():
+            if "PGD on the distances" in result.get("adaptive", {}).get("puvae", {}):
+                adaptive[name] = (result["adaptive"]["puvae"]["PGD on the distances"], result["adaptive_n"])
+    lines = ["| " + prose + " test set | " + " | ".join(f"{n}: PuVAE | {n}: paper" for n in names) + " |",
+             "|---|" + "---|---|" * len(names)]
+    cells = [f"{merged['classifiers'][n]['clean_through']['puvae']:.2f} | -" for n in names]
+    lines.append("| clean (undefended: " + ", ".join(f"{n} {merged['classifiers'][n]['clean_accuracy']:.2f}" for n in names)
+                 + ") | " + " | ".join(cells) + " |")
+    for attack in PAPER_ATTACKS:
+        cells = [f"{merged['classifiers'][n]['gray_box'][attack]['puvae']:.2f} | {PAPER_TABLES[dataset][(n, attack)]['puvae']:.2f}"
+                 for n in names]
+        lines.append(f"| gray-box {attack} | " + " | ".join(cells) + " |")
+    if adaptive:
+        cells = [f"{adaptive[n][0]:.2f} (first {adaptive[n][1]:,}) | -" if n in adaptive else "- | -" for n in names]
+        lines.append("| adaptive: PGD on PuVAE's distances | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def inference_noise(dataset: str) -> str:
     """PuVAE's Table 2/3 cells at the paper's sampling noise beside those at another ``sigma_eps``.
 
@@ -416,7 +448,7 @@ def speed() -> str:
                   f"{defenses['batch']} MNIST images{scaled} on this CPU, {defenses['ratio_defense_gan_over_puvae']:.0f}x "
                   f"PuVAE's {defenses['table5_seconds']['puvae']:.2f} s in the same run "
                   f"(the paper: {defenses['paper_table5']['ratio']:.0f}x on a TITAN V); [Table 5 in docs/baselines.md]"
-                  "(docs/baselines.md#cost-table-5-and-accuracy-within-a-time-budget-table-6-figure-5) has the command."]
+                  "(baselines.md#cost-table-5-and-accuracy-within-a-time-budget-table-6-figure-5) has the command."]
     return "\n".join(lines + ["", gpu_speed()])
 
 
@@ -696,13 +728,12 @@ def defenses_block(bench: dict, where: str) -> str:
 
 
 def main() -> None:
-    tables = {"results": headline("mnist"), "results-fashion-mnist": headline("fashion-mnist")}  # README and evaluation.md
+    tables = {"results": headline("mnist"), "results-fashion-mnist": headline("fashion-mnist")}  # docs/evaluation.md
     _replace(ROOT / "README.md", "models", models_table())
-    for section, body in tables.items():
-        _replace(ROOT / "README.md", section, body)
-    _replace(ROOT / "README.md", "speed", speed())
-    _replace(ROOT / "README.md", "deploy", deployment())
-    _replace(ROOT / "README.md", "torchvision", torchvision_example())
+    _replace(ROOT / "README.md", "summary", summary("mnist"))
+    _replace(ROOT / "docs" / "benchmarks.md", "speed", speed())
+    _replace(ROOT / "docs" / "benchmarks.md", "deploy", deployment())
+    _replace(ROOT / "docs" / "usage.md", "torchvision", torchvision_example())
     _replace(ROOT / "docs" / "training.md", "finetune", finetune())
     for section, body in tables.items():
         _replace(ROOT / "docs" / "evaluation.md", section, body)
@@ -712,7 +743,7 @@ def main() -> None:
     _replace(ROOT / "docs" / "smoothing.md", "certified-mnist", certification("mnist"))
     _replace(ROOT / "README.md", "certified", certification("mnist", radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=0.5))
     certification_figure("mnist")
-    print("rendered README.md, docs/evaluation.md, docs/training.md, docs/baselines.md and docs/smoothing.md")
+    print("rendered README.md and docs/{evaluation,training,baselines,smoothing,benchmarks,usage}.md")
 
 
 if __name__ == "__main__":
