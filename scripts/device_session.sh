@@ -23,7 +23,15 @@
 #            cannot afford, then its Table 2 column on the full test set with MagNet and
 #            PuVAE beside it, and Tables 5-6 / Figure 5 on the GPU;
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
-#            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2.
+#            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2;
+#   certify  randomized smoothing behind puvae-mnist-smooth (docs/smoothing.md, issue 52), the part a
+#            CPU cannot afford (23 s per image at n = 10,000): the first CERT_LIMIT (500) test images,
+#            n = CERT_N (10,000), sigma 0.5 then 0.25 then 1.0, classifier A then B, each resuming from
+#            docs/results/certify/progress (the cheap rows, the classifiers alone or retrained with
+#            noise, stay on the CPU: scripts/smoothing_mnist.sh certify). The tree must hold the
+#            denoiser: `scripts/device_tree.sh stash certify` keeps it, stashes every model the stage
+#            does not read and sends MNIST's test split only (about 63 MiB). n = 100,000 on 1,000
+#            images would take about 70 min per configuration even on an H200: more than a task's time.
 # STAGES="tests bench table5 gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
 # results/NAME.progress.json in the bundle; commit them to docs/results/progress/ (or carry
@@ -37,7 +45,8 @@ BUDGET=${BUDGET:-560}                  # seconds for the whole command
 DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-tests bench table5 gan-eval gan-eval-fashion gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
-if [ -n "$SMOKE" ]; then TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
+CERT_LIMIT=${CERT_LIMIT:-500}; CERT_N=${CERT_N:-10000}
+if [ -n "$SMOKE" ]; then CERT_LIMIT=2; CERT_N=120; TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
     GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2); GAN_TIMING=(--grid 5x1 --gan-images 2)
 else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; GAN_SEARCH=()
     GAN_TIMING=(--gan-repeats 5); fi
@@ -45,7 +54,9 @@ START=$(date +%s)
 mkdir -p "$WORK/logs" "$WORK/results" "$WORK/data/MNIST/raw" "$WORK/hub"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export PUVAE_DEFENSE_DATA=$WORK/data CUBLAS_WORKSPACE_CONFIG=:4096:8
-tar xzf .gpu/mnist-raw.tar.gz -C "$WORK/data/MNIST/raw"
+for archive in .gpu/mnist-raw.tar.gz .gpu/mnist-test.tar.gz; do  # the test split alone for `stash certify`
+    if [ -f $archive ]; then tar xzf $archive -C "$WORK/data/MNIST/raw"; fi
+done
 if [ -f .gpu/fashion-mnist-test.tar.gz ]; then
     mkdir -p "$WORK/data/FashionMNIST/raw" && tar xzf .gpu/fashion-mnist-test.tar.gz -C "$WORK/data/FashionMNIST/raw"
 fi
@@ -175,6 +186,19 @@ if wants puvae && [ "$(left)" -gt 120 ]; then
     bundle
     [ -f "$WORK/hub/puvae-mnist/model.safetensors" ] && evaluate table2_mnist --defenses puvae="$WORK/hub/puvae-mnist" \
         --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" --adaptive-limit 0
+fi
+if wants certify && [ -f hub/puvae-mnist-smooth/model.safetensors ]; then
+    mkdir -p "$WORK/results/certify/progress"
+    if [ -z "$SMOKE" ]; then cp docs/results/certify/progress/*.json "$WORK/results/certify/progress/" 2>/dev/null; fi
+    for sigma in 0.5 0.25 1.0; do for clf in a b; do
+        [ "$(left)" -gt 30 ] || break 2
+        name=mnist_${clf^^}_smooth_sigma$sigma
+        timeout $(( $(left) - 10 )) python3 -m puvae_defense.cli certify --device "$DEVICE" --classifier hub/mnist-classifier-$clf \
+            --purifier hub/puvae-mnist-smooth --sigma $sigma --n $CERT_N --limit $CERT_LIMIT --batch-size 10000 \
+            --out "$WORK/results/certify" --name "$name" --progress "$WORK/results/certify/progress/$name.json" --quiet \
+            >> "$WORK/logs/certify.log" 2>&1
+        stamp "certify $name exit $?"
+    done; done
 fi
 bundle
 cat "$WORK/logs/session.log"

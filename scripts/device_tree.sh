@@ -2,27 +2,41 @@
 # The `device` tool sends the working tree (tracked and untracked-not-ignored files and the
 # carried MNIST archive, 64 MiB at most). Each bundled PuVAE is 54 MiB (MNIST, Fashion-MNIST),
 # so the weights that scripts/device_session.sh does not read stay behind:
-#   scripts/device_tree.sh stash      # before the device call: moves them to $STASH
-#   scripts/device_tree.sh restore    # after it (or: git checkout -- hub)
+#   scripts/device_tree.sh stash          # before the device call: moves them to $STASH
+#   scripts/device_tree.sh stash certify  # for STAGES=certify: keeps puvae-mnist-smooth, stashes every other
+#                                         # model the stage does not read, carries MNIST's test split only
+#   scripts/device_tree.sh restore        # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
 FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/puvae-mnist-smooth/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
+if [ "${2:-}" = certify ]; then  # the certify stage reads the MNIST classifiers, MagNet and the smoothing denoiser
+    FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/defense-gan-mnist/model.safetensors
+           hub/defense-gan-fashion-mnist/model.safetensors hub/mnist-adv-classifier-a/model.safetensors
+           hub/mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-classifier-a/model.safetensors
+           hub/fashion-mnist-classifier-b/model.safetensors hub/fashion-mnist-adv-classifier-a/model.safetensors
+           hub/fashion-mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-source/model.safetensors
+           hub/magnet-fashion-mnist/model.safetensors .gpu/mnist-raw.tar.gz .gpu/fashion-mnist-test.tar.gz)
+fi
 case ${1:-} in
     stash)
         data=${PUVAE_DEFENSE_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/puvae-defense/data}
-        if [ ! -f .gpu/mnist-raw.tar.gz ]; then  # MNIST for the device, carried: run(carry=[".gpu"])
+        if [ "${2:-}" = certify ] && [ ! -f .gpu/mnist-test.tar.gz ]; then
+            mkdir -p .gpu && tar czf .gpu/mnist-test.tar.gz -C "$data/MNIST/raw" t10k-images-idx3-ubyte t10k-labels-idx1-ubyte &&
+                echo "wrote .gpu/mnist-test.tar.gz"
+        fi
+        if [ "${2:-}" != certify ] && [ ! -f .gpu/mnist-raw.tar.gz ]; then  # MNIST for the device, carried: run(carry=[".gpu"])
             mkdir -p .gpu && tar czf .gpu/mnist-raw.tar.gz -C "$data/MNIST/raw" . && echo "wrote .gpu/mnist-raw.tar.gz"
         fi
         # Fashion-MNIST's test split only (4 MiB; all of it would pass the limit): stage gan-eval-fashion
-        if [ ! -f .gpu/fashion-mnist-test.tar.gz ] && [ -f "$data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then
+        if [ "${2:-}" != certify ] && [ ! -f .gpu/fashion-mnist-test.tar.gz ] && [ -f "$data/FashionMNIST/raw/t10k-images-idx3-ubyte" ]; then
             tar czf .gpu/fashion-mnist-test.tar.gz -C "$data/FashionMNIST/raw" t10k-images-idx3-ubyte t10k-labels-idx1-ubyte &&
                 echo "wrote .gpu/fashion-mnist-test.tar.gz"
         fi
         for f in "${FILES[@]}"; do
             if [ -f "$f" ]; then mkdir -p "$STASH/$(dirname "$f")"; mv "$f" "$STASH/$f"; echo "stashed $f"; fi
         done ;;
-    restore)
-        for f in "${FILES[@]}"; do
+    restore)  # whatever either mode moved
+        for f in $(cd "$STASH" 2>/dev/null && find . -type f | sed 's|^\./||'); do
             if [ -f "$STASH/$f" ]; then mv "$STASH/$f" "$f"; echo "restored $f"; fi
         done ;;
     *) echo "usage: $0 stash|restore" >&2; exit 2 ;;
