@@ -567,7 +567,7 @@ def _document_defaults(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``puvae-defense``."""
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="puvae-defense", description="PuVAE adversarial purification")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from .model_card import format_metric
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, sha256_of
+from ._files import CONFIG_NAME, WEIGHTS_NAME, sha256_of
 
 __all__ = [
     "ORGANIZATION",
@@ -135,17 +136,22 @@ def _registry() -> Mapping[str, PretrainedEntry]:
     return MappingProxyType(entries)
 
 
+#: The class each ``model_type`` of a ``config.json`` loads with, by module and name: a table, so that
+#: this module (the loader) sits above the model modules without importing them.
+MODEL_CLASSES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "puvae": ("puvae_defense.model", "PuVAE"), "classifier": ("puvae_defense.classifiers", "PaperClassifier"),
+    "magnet": ("puvae_defense.baselines.magnet", "MagNetReformer"),
+    "defense-gan": ("puvae_defense.baselines.defense_gan", "DefenseGAN"),
+})
+
+
 def model_class(model_type: ModelType) -> type[Any]:
     """The class that loads a ``config.json`` whose ``model_type`` is this (all have
     ``from_pretrained`` and ``_from_config_dict``)."""
-    from .baselines import DefenseGAN, MagNetReformer
-    from .classifiers import PaperClassifier
-    from .model import PuVAE
-
-    classes = {"puvae": PuVAE, "classifier": PaperClassifier, "magnet": MagNetReformer, "defense-gan": DefenseGAN}
-    if model_type not in classes:
-        raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(classes)}")
-    return classes[model_type]
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(MODEL_CLASSES)}")
+    module, name = MODEL_CLASSES[model_type]
+    return getattr(importlib.import_module(module), name)
 
 
 def list_models(model_type: ModelType | None = None) -> list[str]:
@@ -234,7 +240,7 @@ def resolve_folder(
 def _download(repo_id: str, revision: str, filename: str, *, local_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
 
-    from . import __version__
+    from ._version import __version__
 
     common = {"repo_id": repo_id, "revision": revision, "local_files_only": local_only,
               "library_name": "puvae-defense", "library_version": __version__}

@@ -45,7 +45,7 @@ def model_card(
         body: more Markdown (results, limits).
         license_id: SPDX id of the weights' licence.
     """
-    from . import __version__
+    from ._version import __version__
 
     purifier = model_type in ("puvae", "magnet", "defense-gan")
     usage = (

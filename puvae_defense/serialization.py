@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from typing_extensions import Self
 
+from ._files import CONFIG_NAME, WEIGHTS_NAME, sha256_of
+
 __all__ = [
     "CONFIG_NAME",
     "PretrainedMixin",
@@ -35,19 +37,8 @@ __all__ = [
     "weights_fingerprint",
 ]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 LIBRARY_NAME = "puvae-defense"
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_fingerprint(module: nn.Module) -> str:
