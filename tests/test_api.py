@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib
 import subprocess
+from pathlib import Path
 import sys
 
 import puvae_defense
@@ -10,7 +11,8 @@ import puvae_defense
 def test_all_names_exist() -> None:
     for name in puvae_defense.__all__:
         assert hasattr(puvae_defense, name), name
-    assert puvae_defense.__version__ == "0.1.0"
+    changelog = (Path(__file__).parent.parent / "CHANGELOG.md").read_text()
+    assert f"## [{puvae_defense.__version__}] - " in changelog  # every version has its release notes
 
 
 def test_import_does_not_import_triton_or_the_hub_client() -> None:
