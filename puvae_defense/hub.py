@@ -119,9 +119,43 @@ class PretrainedEntry:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` the model takes."""
+        return tuple(self.config["image_shape"])  # type: ignore[return-value]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What the weights are for, as torchvision's ``Weights.meta``: data set, class names
+        (``categories``), input shape and value range, measured metrics, size and sha256."""
+        return {"dataset": self.dataset, "categories": _categories(self.dataset), "image_shape": self.image_shape,
+                "value_range": (0.0, 1.0), "metrics": dict(self.metrics), "num_params": self.num_params,
+                "sha256": self.sha256, "model_type": self.model_type}
+
+    def transforms(self) -> Any:
+        """The input transform, as torchvision's ``Weights.transforms()``: an image (PIL, or a uint8 or
+        float tensor, any size, gray or RGB) to the float tensor in [0, 1] of ``image_shape`` the
+        model takes. Put a classifier's own normalization in ``PurifiedClassifier(preprocess=...)``."""
+        import torch
+        from torchvision.transforms import v2
+
+        channels, height, width = self.image_shape
+        color = v2.Grayscale(num_output_channels=1) if channels == 1 else v2.RGB()
+        return v2.Compose([v2.ToImage(), color, v2.Resize((height, width), antialias=True),
+                           v2.ToDtype(torch.float32, scale=True)])
+
+    @property
     def pinned_by(self) -> str:
         """``"revision"`` once published, ``"sha256"`` before."""
         return "revision" if self.revision else "sha256"
+
+
+def _categories(dataset: str) -> list[str]:
+    """Class names of a registered data set (torchvision's), empty for an unknown one."""
+    from torchvision import datasets
+
+    known = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "cifar10": datasets.CIFAR10}
+    cls = known.get(dataset)
+    return list(getattr(cls, "classes", [])) if cls is not None else []
 
 
 @functools.cache

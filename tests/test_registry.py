@@ -72,3 +72,14 @@ def test_the_bundled_copy_warning_is_said_once_at_the_callers_line(tmp_path, mon
         PurifiedClassifier(torch.nn.Flatten(), "puvae-mnist", check_num_classes=False)
     hub_warnings = [w for w in caught if "could not be reached" in str(w.message)]
     assert len(hub_warnings) == 1 and hub_warnings[0].filename == __file__  # the user's line, not the library's
+
+
+@pytest.mark.parametrize("name", hub.list_models())
+def test_every_model_exposes_its_metadata_and_input_transform(name: str) -> None:
+    """As torchvision's Weights: meta (data set, classes, input shape and range, metrics, sha256) and transforms()."""
+    entry = hub.get_entry(name)
+    meta = entry.meta
+    assert len(meta["categories"]) == entry.config.get("num_classes", 10) == 10
+    assert meta["image_shape"] == (1, 28, 28) and meta["value_range"] == (0.0, 1.0) and meta["sha256"] == entry.sha256
+    image = entry.transforms()(torch.randint(0, 256, (3, 40, 36), dtype=torch.uint8))  # any size, RGB, uint8
+    assert image.shape == meta["image_shape"] and image.dtype == torch.float32 and 0 <= float(image.min()) <= float(image.max()) <= 1
