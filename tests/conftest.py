@@ -83,8 +83,10 @@ def images() -> torch.Tensor:
 
 
 def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` (scripts are not a package) as a fresh module."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
+    """Import ``scripts/<name>.py`` or ``experiments/<name>.py`` (not packages) as a fresh module."""
+    root = Path(__file__).parent.parent
+    path = next(p for p in (root / "scripts" / f"{name}.py", root / "experiments" / f"{name}.py") if p.is_file())
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

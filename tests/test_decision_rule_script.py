@@ -1,4 +1,4 @@
-"""scripts/decision_rule_probe.py: the candidates' features and the fitted decision rules."""
+"""experiments/decision_rule_probe.py: the candidates' features and the fitted decision rules."""
 
 from __future__ import annotations
 

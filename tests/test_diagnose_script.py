@@ -1,4 +1,4 @@
-"""scripts/diagnose_fgsm.py: the summary of the purifier's choices."""
+"""experiments/diagnose_fgsm.py: the summary of the purifier's choices."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/perturbation_probe.py: how much of a perturbation a purifier passes on."""
+"""experiments/perturbation_probe.py: how much of a perturbation a purifier passes on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/test_time_probe.py: test-time variants of the projection's choice."""
+"""experiments/test_time_probe.py: test-time variants of the projection's choice."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/transfer_fgsm.py: whose FGSM images the purifier undoes."""
+"""experiments/transfer_fgsm.py: whose FGSM images the purifier undoes."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ computed on the undefended selector, so this is the gray-box trade-off only: an 
 the gate needs only to bring the wrong class within the margin, which can only lower the FGSM column.
 
 Usage:
-    python scripts/decision_rule_probe.py hub/puvae-fashion-mnist --dataset fashion-mnist \\
+    python experiments/decision_rule_probe.py hub/puvae-fashion-mnist --dataset fashion-mnist \\
         --n 10000 --cache runs/rule-probe/fashion.pt --out runs/rule-probe/fashion.json
 """
 

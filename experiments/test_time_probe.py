@@ -13,7 +13,7 @@ pick the true class, against that rule:
   the image before comparing them.
 
 Usage (the table of docs/training.md, "Test-time variants"):
-    python scripts/test_time_probe.py hub/puvae-fashion-mnist --dataset fashion-mnist --n 2000 \
+    python experiments/test_time_probe.py hub/puvae-fashion-mnist --dataset fashion-mnist --n 2000 \
         --out docs/results/test_time_probe_fashion-mnist.json
 """
 
@@ -107,7 +107,7 @@ def main() -> None:
     val = load_dataset(args.dataset, "val").subset(0, args.n)
     start = time.time()
     accuracy = probe(vae, val.images, val.labels, args.draws)
-    report = {"command": shlex.join(["python", "scripts/test_time_probe.py", *sys.argv[1:]]),
+    report = {"command": shlex.join(["python", "experiments/test_time_probe.py", *sys.argv[1:]]),
               "model": args.model, "dataset": args.dataset, "split": "val", "images": args.n,
               "seconds": round(time.time() - start, 1), "projection_accuracy": accuracy}
     print(json.dumps(report, indent=2))

@@ -17,7 +17,7 @@ of ``--searches``, to show what a longer search does with the perturbation.
 Validation split only: a diagnosis of the baselines, not a number of the tables.
 
 Usage:
-    python scripts/perturbation_probe.py [--n 100] [--searches 25x2,50x5,200x20] \
+    python experiments/perturbation_probe.py [--n 100] [--searches 25x2,50x5,200x20] \
         [--out docs/results/perturbation_probe_mnist.json]
 """
 
@@ -126,7 +126,7 @@ def main() -> None:
         undefended = {name: 100 * float((net(x).argmax(1) == val.labels).float().mean())
                       for name, x in {"clean": val.images, **perturbed}.items()}
     out.write_text(json.dumps({
-        "command": "python scripts/perturbation_probe.py " + " ".join(sys.argv[1:]),
+        "command": "python experiments/perturbation_probe.py " + " ".join(sys.argv[1:]),
         "split": "val", "n": args.n, "eps": EPS, "classifier": classifier, "purifiers": sources,
         "undefended_accuracy": undefended,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, indent=2) + "\n")

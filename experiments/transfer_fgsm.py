@@ -9,7 +9,7 @@ classifier and reports its own accuracy on the attacked images (undefended) and 
 purifier projects them onto the true class (``projection_right``). Validation split only.
 
 Usage (docs/training.md, "Whose perturbations the purifier undoes"):
-    python scripts/transfer_fgsm.py hub/puvae-mnist --models selectors/heldout-cw mnist-source \
+    python experiments/transfer_fgsm.py hub/puvae-mnist --models selectors/heldout-cw mnist-source \
         runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1
 """
 

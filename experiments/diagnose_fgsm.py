@@ -15,8 +15,8 @@ mu-decoding plus KL, read on that mu-decoding).
 Validation split only.
 
 Usage:
-    python scripts/diagnose_fgsm.py runs/probes/robust
-    python scripts/diagnose_fgsm.py hub/puvae-fashion-mnist --dataset fashion-mnist --n 2000
+    python experiments/diagnose_fgsm.py runs/probes/robust
+    python experiments/diagnose_fgsm.py hub/puvae-fashion-mnist --dataset fashion-mnist --n 2000
 """
 
 from __future__ import annotations

@@ -19,87 +19,87 @@ set, trained here once if ``--selector`` does not exist; never A, B or the sourc
 One JSON line per probe is appended to ``--out``. The test split is never touched.
 
 Usage (the probe table of docs/training.md):
-    python scripts/recipe_probe.py shipped-0.1.0 --model hub/puvae-mnist   # (at 0.1.0)
-    python scripts/recipe_probe.py robust --n 10000
-    python scripts/recipe_probe.py robust-fixed-eps '{"noise_amplitude": "fixed"}' --n 10000
-    python scripts/recipe_probe.py shipped-robust-3ep --model hub/puvae-mnist   # (the shipped model, for scale)
-    python scripts/recipe_probe.py robust-pgd5 '{"noise_kind": "pgd", "noise_steps": 5}' --n 10000
-    python scripts/recipe_probe.py robust-proj300 '{"lambda_proj": 300.0}' --n 10000
-    python scripts/recipe_probe.py robust-scale30 '{"proj_scale": 30.0}' --n 10000
-    python scripts/recipe_probe.py robust-scale300 '{"proj_scale": 300.0}' --n 10000
-    python scripts/recipe_probe.py robust-frac75 '{"noise_fraction": 0.75}' --n 10000
-    python scripts/recipe_probe.py robust-seed1 '{"seed": 1}' --n 10000
+    python experiments/recipe_probe.py shipped-0.1.0 --model hub/puvae-mnist   # (at 0.1.0)
+    python experiments/recipe_probe.py robust --n 10000
+    python experiments/recipe_probe.py robust-fixed-eps '{"noise_amplitude": "fixed"}' --n 10000
+    python experiments/recipe_probe.py shipped-robust-3ep --model hub/puvae-mnist   # (the shipped model, for scale)
+    python experiments/recipe_probe.py robust-pgd5 '{"noise_kind": "pgd", "noise_steps": 5}' --n 10000
+    python experiments/recipe_probe.py robust-proj300 '{"lambda_proj": 300.0}' --n 10000
+    python experiments/recipe_probe.py robust-scale30 '{"proj_scale": 30.0}' --n 10000
+    python experiments/recipe_probe.py robust-scale300 '{"proj_scale": 300.0}' --n 10000
+    python experiments/recipe_probe.py robust-frac75 '{"noise_fraction": 0.75}' --n 10000
+    python experiments/recipe_probe.py robust-seed1 '{"seed": 1}' --n 10000
     # MNIST, bf16 (docs/training.md, "Whose perturbations the purifier undoes"); the attack models come from
     # puvae-defense train-classifier --arch source --seed 1 --epochs 2 --out runs/attackers/mnist-source-s1
     # puvae-defense train-classifier --arch C --seed 1 --epochs 2 --out runs/attackers/mnist-C-s1
-    python scripts/recipe_probe.py shipped-robust-8ep --model hub/puvae-mnist   # (the 8-epoch model, for scale)
-    python scripts/recipe_probe.py robust-bf16 --n 10000 --amp bf16
-    python scripts/recipe_probe.py robust-ens-src1-C1 --n 10000 --amp bf16 \
+    python experiments/recipe_probe.py shipped-robust-8ep --model hub/puvae-mnist   # (the 8-epoch model, for scale)
+    python experiments/recipe_probe.py robust-bf16 --n 10000 --amp bf16
+    python experiments/recipe_probe.py robust-ens-src1-C1 --n 10000 --amp bf16 \
         --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1
-    python scripts/recipe_probe.py robust-bf16-seed1 '{"seed": 1}' --n 10000 --amp bf16
-    python scripts/recipe_probe.py mnist-ft4 --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 4 --amp bf16
-    python scripts/recipe_probe.py mnist-ft4-ens --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 4 \
+    python experiments/recipe_probe.py robust-bf16-seed1 '{"seed": 1}' --n 10000 --amp bf16
+    python experiments/recipe_probe.py mnist-ft4 --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 4 --amp bf16
+    python experiments/recipe_probe.py mnist-ft4-ens --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 4 \
         --amp bf16 --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1
     # Iterative inputs for iFGSM (docs/training.md, "Iterative attack inputs"); the training ones also with
     # --attack-models runs/attackers/mnist-source-s1 runs/attackers/mnist-C-s1:
-    python scripts/recipe_probe.py shipped-ens-12ep --model hub/puvae-mnist   # (the model shipped before e8c5520)
-    python scripts/recipe_probe.py mnist-ens-ft1-fgsm --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 1 --amp bf16
-    python scripts/recipe_probe.py mnist-ens-ft1-pgd3 '{"noise_kind": "pgd", "noise_steps": 3}' --recipe finetune \
+    python experiments/recipe_probe.py shipped-ens-12ep --model hub/puvae-mnist   # (the model shipped before e8c5520)
+    python experiments/recipe_probe.py mnist-ens-ft1-fgsm --recipe finetune --init hub/puvae-mnist --n 50000 --epochs 1 --amp bf16
+    python experiments/recipe_probe.py mnist-ens-ft1-pgd3 '{"noise_kind": "pgd", "noise_steps": 3}' --recipe finetune \
         --init hub/puvae-mnist --n 50000 --epochs 1 --amp bf16
     # the 3-epoch run is the shipped model's third stage (scripts/train_mnist.py --recipes finetune-pgd --epochs 3),
     # scored here as mnist-ens-ft3-pgd3-shipped-val3000 --model hub/puvae-mnist --val-images 3000
     # and each model scored again on 3,000 validation images: NAME-val3000 --model FOLDER --val-images 3000
     # Fashion-MNIST (docs/training.md), each also with --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl:
-    python scripts/recipe_probe.py fashion-robust-8ep --dataset fashion-mnist --model runs/fashion-mnist/puvae-robust/final
-    python scripts/recipe_probe.py fashion-ft-source5 --dataset fashion-mnist --recipe finetune \
+    python experiments/recipe_probe.py fashion-robust-8ep --dataset fashion-mnist --model runs/fashion-mnist/puvae-robust/final
+    python experiments/recipe_probe.py fashion-ft-source5 --dataset fashion-mnist --recipe finetune \
         --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-mnist/fashion-mnist-source --epochs 1
-    python scripts/recipe_probe.py fashion-ft-source20 --dataset fashion-mnist --recipe finetune \
+    python experiments/recipe_probe.py fashion-ft-source20 --dataset fashion-mnist --recipe finetune \
         --init runs/fashion-mnist/puvae-robust/final --source runs/fashion-probes/source-20ep --epochs 1
     # Fashion-MNIST fidelity probes from scratch (each also with --dataset fashion-mnist --amp bf16
     # --val-images 2000 --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl):
-    python scripts/recipe_probe.py fp-base
-    python scripts/recipe_probe.py fp-kl03 '{"lambda_kl": 0.3}'
-    python scripts/recipe_probe.py fp-kl01 '{"lambda_kl": 0.1}'
-    python scripts/recipe_probe.py fp-rc3 '{"lambda_rc": 3.0}'
-    python scripts/recipe_probe.py fp-ce30 '{"lambda_ce": 30.0}'
-    python scripts/recipe_probe.py fp-frac25 '{"noise_fraction": 0.25}'
-    python scripts/recipe_probe.py fp-lat64 --config '{"latent_dim": 64}'
+    python experiments/recipe_probe.py fp-base
+    python experiments/recipe_probe.py fp-kl03 '{"lambda_kl": 0.3}'
+    python experiments/recipe_probe.py fp-kl01 '{"lambda_kl": 0.1}'
+    python experiments/recipe_probe.py fp-rc3 '{"lambda_rc": 3.0}'
+    python experiments/recipe_probe.py fp-ce30 '{"lambda_ce": 30.0}'
+    python experiments/recipe_probe.py fp-frac25 '{"noise_fraction": 0.25}'
+    python experiments/recipe_probe.py fp-lat64 --config '{"latent_dim": 64}'
     # Fashion-MNIST fine-tuning probes from the shipped model (each also with --dataset fashion-mnist --epochs 1 --amp off
     # --val-images 2000 --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl; the first scores it):
-    python scripts/recipe_probe.py fashion-shipped-kl03 --model hub/puvae-fashion-mnist   # (before the fine-tuning below)
-    python scripts/recipe_probe.py ftp-control '{"lambda_kl": 0.3}' --recipe finetune --init hub/puvae-fashion-mnist
-    python scripts/recipe_probe.py ftp-proj1000 '{"lambda_kl": 0.3, "lambda_proj": 1000.0}' --recipe finetune \
+    python experiments/recipe_probe.py fashion-shipped-kl03 --model hub/puvae-fashion-mnist   # (before the fine-tuning below)
+    python experiments/recipe_probe.py ftp-control '{"lambda_kl": 0.3}' --recipe finetune --init hub/puvae-fashion-mnist
+    python experiments/recipe_probe.py ftp-proj1000 '{"lambda_kl": 0.3, "lambda_proj": 1000.0}' --recipe finetune \
         --init hub/puvae-fashion-mnist
-    python scripts/recipe_probe.py ftp-scale300 '{"lambda_kl": 0.3, "proj_scale": 300.0}' --recipe finetune \
+    python experiments/recipe_probe.py ftp-scale300 '{"lambda_kl": 0.3, "proj_scale": 300.0}' --recipe finetune \
         --init hub/puvae-fashion-mnist
-    python scripts/recipe_probe.py ftp-pgd3 '{"lambda_kl": 0.3, "noise_kind": "pgd", "noise_steps": 3}' \
+    python experiments/recipe_probe.py ftp-pgd3 '{"lambda_kl": 0.3, "noise_kind": "pgd", "noise_steps": 3}' \
         --recipe finetune --init hub/puvae-fashion-mnist
-    python scripts/recipe_probe.py ftp-wrong30 '{"lambda_kl": 0.3, "lambda_wrong_ce": 30.0}' --recipe finetune \
+    python experiments/recipe_probe.py ftp-wrong30 '{"lambda_kl": 0.3, "lambda_wrong_ce": 30.0}' --recipe finetune \
         --init hub/puvae-fashion-mnist   # (stopped unfinished)
     # then the shipped model after scripts/fashion_mnist.sh finetune:
-    python scripts/recipe_probe.py fashion-shipped-ft-pgd3 --model hub/puvae-fashion-mnist
+    python experiments/recipe_probe.py fashion-shipped-ft-pgd3 --model hub/puvae-fashion-mnist
     # Fashion-MNIST capacity and discrimination probes from scratch in fp32 (each also with --recipe robust-kl03
     # --dataset fashion-mnist --val-images 2000 --work runs/fashion-probes --out runs/fashion-probes/probes.jsonl):
-    python scripts/recipe_probe.py fp32-kl03
-    python scripts/recipe_probe.py fp32-kl03-dec64 --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
-    python scripts/recipe_probe.py fp32-kl03-wrong30 '{"lambda_wrong_ce": 30.0}'
-    python scripts/recipe_probe.py fp32-kl03-wrong100 '{"lambda_wrong_ce": 100.0}'   # (stopped unfinished)
+    python experiments/recipe_probe.py fp32-kl03
+    python experiments/recipe_probe.py fp32-kl03-dec64 --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
+    python experiments/recipe_probe.py fp32-kl03-wrong30 '{"lambda_wrong_ce": 30.0}'
+    python experiments/recipe_probe.py fp32-kl03-wrong100 '{"lambda_wrong_ce": 100.0}'   # (stopped unfinished)
     # guards against the larger decoder's collapse (same options):
-    python scripts/recipe_probe.py fp32-kl03-dec64-ce3 '{"lambda_ce": 3.0, "lambda_wrong_ce": 3.0}' \
+    python experiments/recipe_probe.py fp32-kl03-dec64-ce3 '{"lambda_ce": 3.0, "lambda_wrong_ce": 3.0}' \
         --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
-    python scripts/recipe_probe.py fp32-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
+    python experiments/recipe_probe.py fp32-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
         --config '{"deconv_channels": 64, "decoder_hidden": 1024}'
     # the same at full length (all training images, 8 epochs, as the shipped model's first stage):
-    python scripts/recipe_probe.py full-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
+    python experiments/recipe_probe.py full-kl03-dec64-warm1 '{"kl_warmup_epochs": 1.0}' \
         --config '{"deconv_channels": 64, "decoder_hidden": 1024}' --n 50000 --epochs 8
     # a stronger source from scratch (the source classifier trained 20 epochs, 92.28% on validation:
     # puvae-defense train-classifier --dataset fashion-mnist --arch source --epochs 20 --seed 0
     #     --out runs/fashion-probes/source-20ep), beside the control run again on the same machine:
-    python scripts/recipe_probe.py fp32-kl03-source20 --source runs/fashion-probes/source-20ep
-    python scripts/recipe_probe.py fp32-kl03-rerun
-    python scripts/recipe_probe.py fp32-kl03-lat16 --config '{"latent_dim": 16}'
-    python scripts/recipe_probe.py fp32-kl03-lat64-warm1 '{"kl_warmup_epochs": 1.0}' --config '{"latent_dim": 64}'
-    python scripts/recipe_probe.py fp32-kl3 '{"lambda_kl": 3.0}'
+    python experiments/recipe_probe.py fp32-kl03-source20 --source runs/fashion-probes/source-20ep
+    python experiments/recipe_probe.py fp32-kl03-rerun
+    python experiments/recipe_probe.py fp32-kl03-lat16 --config '{"latent_dim": 16}'
+    python experiments/recipe_probe.py fp32-kl03-lat64-warm1 '{"kl_warmup_epochs": 1.0}' --config '{"latent_dim": 64}'
+    python experiments/recipe_probe.py fp32-kl3 '{"lambda_kl": 3.0}'
     # Denoisers for randomized smoothing (docs/smoothing.md), each also with --metrics smoothing
     # --work runs/smooth-probes --out runs/smooth-probes/probes.jsonl:
 
