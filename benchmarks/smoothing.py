@@ -14,29 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from deploy import timed  # the deployment benchmark's interleaved timing (this folder is on sys.path)
 
 from puvae_defense import PurifiedClassifier, SmoothedClassifier
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
-
-
-def timed(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median milliseconds of each method, interleaved (one warm-up call each)."""
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for fn in methods.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in methods.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:

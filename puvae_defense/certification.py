@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from .data import ImageDataset
+from .evaluation import _device_name
 from .smoothing import ABSTAIN, Certificate, SmoothedClassifier, certified_accuracy, radius_bound
 
 __all__ = ["CertifySettings", "REPORT_RADII", "certification_markdown", "certify_dataset", "summarize"]
@@ -64,12 +64,6 @@ class CertifySettings:
             raise ValueError(f"n0 ({self.n0}) must not exceed n ({self.n})")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def certify_dataset(
