@@ -511,7 +511,7 @@ def _check_inputs_can_train(size: int, num_classes: int, source: nn.Module, val_
     classifier that reads the validation images."""
     if from_scratch and size < MIN_IMAGES_PER_CLASS * num_classes:
         _doubt(f"the data set has {size} images for {num_classes} classes, fewer than {MIN_IMAGES_PER_CLASS} per class: "
-               "the paper-size PuVAE may not learn them (docs/training.md, 'Your own data'); fine-tune a trained PuVAE "
+               "the paper-size PuVAE may not learn them (docs/training.md, 'Train a PuVAE on your own data'); fine-tune a trained PuVAE "
                "(init=...) or a smaller PuVAEConfig", strict)
     if val_dataset is None or val_size == 0:
         return
