@@ -119,9 +119,36 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _load_classifier(name_or_path: str, device: str):
+    """A classifier by registered name or weights folder; a TorchScript file (``.pt``, ``.pth``,
+    ``.ts``, saved with ``torch.jit.save``); or ``package.module:factory`` (an importable callable
+    returning the network, e.g. your training code's constructor that loads its own weights)."""
+    import torch
+
     from .classifiers import PaperClassifier
 
+    path = Path(name_or_path)
+    if path.suffix in (".pt", ".pth", ".ts") and path.is_file():
+        return torch.jit.load(str(path), map_location=device).eval()
+    module_name, colon, attribute = name_or_path.partition(":")
+    if colon and not path.exists():
+        import importlib
+
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import the classifier factory {name_or_path!r}: {err}") from None
+        net = factory()
+        if not isinstance(net, torch.nn.Module):
+            raise TypeError(f"{name_or_path} returned {type(net).__name__}, not an nn.Module")
+        return net.to(device).eval()
     return PaperClassifier.from_pretrained(name_or_path, device=device)
+
+
+def _data(args: argparse.Namespace, split: str):
+    """``--data`` (your own images: a folder of class subfolders, a .safetensors or .npz) or the data set's split."""
+    from .data import load_dataset, load_user_data
+
+    return load_user_data(args.data) if getattr(args, "data", None) else load_dataset(args.dataset, split, root=args.data_root)
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
@@ -208,12 +235,11 @@ def _cmd_train_baseline(args: argparse.Namespace) -> None:
 
 
 def _cmd_purify(args: argparse.Namespace) -> None:
-    from .data import load_dataset
     from .model import PuVAE
     from .purification import purify_dataset
 
     _new_file(args.out, option="--out")  # before the work, not at its end
-    data = load_dataset(args.dataset, args.split, root=args.data_root)
+    data = _data(args, args.split)
     if args.limit is not None:
         data = data.subset(0, args.limit)
     purifier = PuVAE.from_pretrained(args.purifier, device=args.device)
@@ -290,7 +316,6 @@ def _defense_specs(args: argparse.Namespace) -> dict[str, str]:
 def _evaluation_inputs(args: argparse.Namespace):
     from .baselines import BitDepthSqueeze, DefenseGAN, load_purifier, parse_search
     from .classifier import PurifiedClassifier
-    from .data import load_dataset
     from .serialization import weights_fingerprint
 
     classifiers = dict(item.split("=", 1) for item in args.classifiers)
@@ -328,7 +353,7 @@ def _evaluation_inputs(args: argparse.Namespace):
                              if adversarial else {})}
     if (args.gan_search or args.gan_precision) and not any(isinstance(p, DefenseGAN) for p in purifiers.values()):
         raise SystemExit("--gan-search and --gan-precision set Defense-GAN's projection, and --defenses has no Defense-GAN")
-    return purifiers, nets, defenses, sources, load_dataset(args.dataset, "test", root=args.data_root)
+    return purifiers, nets, defenses, sources, _data(args, "test")
 
 
 #: Command-line key -> name in ``evaluation.ADAPTIVE_ATTACKS`` (spelled out here so that building
@@ -416,7 +441,6 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     from .baselines import load_purifier
     from .certification import CertifySettings, certification_markdown, certify_dataset
     from .classifier import PurifiedClassifier
-    from .data import load_dataset
     from .serialization import weights_fingerprint
     from .smoothing import SmoothedClassifier
 
@@ -436,7 +460,7 @@ def _cmd_certify(args: argparse.Namespace) -> None:
         base = PurifiedClassifier(net, purifier, sigma_eps=args.sigma_eps).eval()
         key.update(purifier_fingerprint=weights_fingerprint(purifier), sigma_eps=args.sigma_eps)
     smoothed = SmoothedClassifier(base, args.sigma, batch_size=args.batch_size)
-    test = load_dataset(args.dataset, "test", root=args.data_root)
+    test = _data(args, "test")
     report = certify_dataset(smoothed, test, settings, key=key, progress_file=args.progress, device=args.device,
                              show_progress=not args.quiet)
     report["meta"].update(command=_command(args), classifier=args.classifier, purifier=args.purifier)
@@ -448,11 +472,10 @@ def _cmd_certify(args: argparse.Namespace) -> None:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> None:
-    from .data import load_dataset
     from .diagnosis import diagnose
 
     net = _load_classifier(args.classifier, args.device)
-    data = load_dataset(args.dataset, args.split, root=args.data_root)
+    data = _data(args, args.split)
     result = diagnose(net, _load_any_purifier(args.purifier, args.device), data, limit=args.limit,
                       batch_size=args.batch_size, sigma_eps=args.sigma_eps, tolerance=args.tolerance, seed=args.seed,
                       warn=False)
@@ -644,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=_count, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--data-root", default=None)
+    ev.add_argument("--data", default=None, metavar="PATH",
+                        help="your own labelled images instead of the data set: a folder with one subfolder of PNG/JPEG "
+                             "images per class, or a .safetensors / .npz with 'images' (N, C, H, W) and 'labels'")
     ev.add_argument("--out", default="docs/results")
     ev.add_argument("--name", default=None,
                     help="results file name (default: the paper's table for --dataset, e.g. table2_mnist, "
@@ -665,7 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cert = sub.add_parser("certify", help="certified L2 robustness by randomized smoothing (Cohen et al., 2019)")
     cert.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
-    cert.add_argument("--classifier", required=True, help="the base classifier: folder or registered name")
+    cert.add_argument("--classifier", required=True,
+                      help="the base classifier: folder or registered name, a TorchScript file, or package.module:factory")
     cert.add_argument("--purifier", default="none",
                       help="denoiser in front of the classifier: folder, registered name (e.g. puvae-mnist-smooth, "
                            "magnet-mnist) or 'none' (default: none, the classifier smoothed alone)")
@@ -679,6 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--seed", type=_count, default=0, help="image i's noise is seeded with seed * 1000003 + i (default 0)")
     cert.add_argument("--device", default="cpu", help="default cpu")
     cert.add_argument("--data-root", default=None)
+    cert.add_argument("--data", default=None, metavar="PATH",
+                        help="your own labelled images instead of the data set: a folder with one subfolder of PNG/JPEG "
+                             "images per class, or a .safetensors / .npz with 'images' (N, C, H, W) and 'labels'")
     cert.add_argument("--out", default="runs/certify", help="folder of the JSON report (default runs/certify)")
     cert.add_argument("--name", default=None, help="report name (default from the dataset, models and sigma)")
     cert.add_argument("--progress", default=None, metavar="FILE",
@@ -689,10 +719,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     diag = sub.add_parser("diagnose", help="does the purifier fit your classifier? accuracy with and without it, "
                                            "the projection's own accuracy, a verdict and the next step")
-    diag.add_argument("--classifier", required=True, help="your classifier: folder or registered name")
+    diag.add_argument("--classifier", required=True,
+                      help="your classifier: folder or registered name, a TorchScript file (.pt, .ts), or "
+                           "package.module:factory (an importable callable returning the network)")
     diag.add_argument("--purifier", default="puvae-mnist", help="folder, registered name or Hub repo id")
     diag.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "cifar10"])
     diag.add_argument("--split", default="val", choices=["train", "val", "test"])
+    diag.add_argument("--data", default=None, metavar="PATH",
+                        help="your own labelled images instead of the data set: a folder with one subfolder of PNG/JPEG "
+                             "images per class, or a .safetensors / .npz with 'images' (N, C, H, W) and 'labels'")
     diag.add_argument("--limit", type=_positive_int, default=1000, help="first N images")
     diag.add_argument("--batch-size", type=_positive_int, default=250)
     diag.add_argument("--sigma-eps", type=_sigma_eps, default=0.1)
@@ -763,6 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     purify.add_argument("--seed", type=_count, default=0)
     purify.add_argument("--device", default="cpu")
     purify.add_argument("--data-root", default=None)
+    purify.add_argument("--data", default=None, metavar="PATH",
+                        help="your own labelled images instead of the data set: a folder with one subfolder of PNG/JPEG "
+                             "images per class, or a .safetensors / .npz with 'images' (N, C, H, W) and 'labels'")
     purify.set_defaults(func=_cmd_purify)
 
     export = sub.add_parser("export", help="export the purifier, or a classifier behind it, to ONNX")

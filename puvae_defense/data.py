@@ -29,6 +29,8 @@ from torch.utils.data import Dataset
 __all__ = [
     "DATA_ROOT_ENV",
     "HUB_DATASET_IDS",
+    "IMAGE_SUFFIXES",
+    "load_user_data",
     "DatasetNotFoundError",
     "ImageDataset",
     "default_data_root",
@@ -105,6 +107,76 @@ class ImageDataset(Dataset[tuple[torch.Tensor, int]]):
     def subset(self, start: int, stop: int) -> ImageDataset:
         """Images ``start:stop`` (a view, no copy)."""
         return ImageDataset(self.images[start:stop], self.labels[start:stop], self.classes)
+
+
+#: Image files a folder data set reads (``load_user_data``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_user_data(path: str | os.PathLike[str]) -> ImageDataset:
+    """Your own labelled images, from
+
+    - a ``.safetensors`` or ``.npz`` file with ``images`` (``(N, C, H, W)`` floats in [0, 1], or
+      uint8 in [0, 255], which are divided by 255) and ``labels`` (``(N,)`` integers), or
+    - a folder with one subfolder per class (sorted names are the classes, as torchvision's
+      ``ImageFolder``) of PNG or JPEG files, all of one size and number of channels.
+
+    Raises:
+        FileNotFoundError: no such file or folder; ValueError: what is missing or malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such data file or folder: {path}")
+    if path.is_dir():
+        return _load_image_folder(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    elif path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as arrays:
+            tensors = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+    else:
+        raise ValueError(f"{path}: expected a .safetensors or .npz file, or a folder of class subfolders")
+    missing = sorted({"images", "labels"} - set(tensors))
+    if missing:
+        raise ValueError(f"{path} has no {missing}: it needs 'images' (N, C, H, W) and 'labels' (N,)")
+    images, labels = tensors["images"], tensors["labels"]
+    if images.dtype == torch.uint8:
+        images = images.float() / 255
+    if not images.is_floating_point() or labels.dtype.is_floating_point or images.dim() != 4:
+        raise ValueError(f"{path}: 'images' must be (N, C, H, W) floats in [0, 1] or uint8, 'labels' integers; got "
+                         f"{images.dtype} {tuple(images.shape)} and {labels.dtype}")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise ValueError(f"{path}: image values must lie in [0, 1], got {float(images.min()):.4g} to {float(images.max()):.4g}")
+    count = int(labels.max()) + 1 if labels.numel() else 0
+    return ImageDataset(images.float(), labels.long(), tuple(str(c) for c in range(count)))
+
+
+def _load_image_folder(folder: Path) -> ImageDataset:
+    import numpy as np
+    from PIL import Image
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{folder} has no class subfolders (one subfolder of images per class)")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((folder / name).iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(file) as picture:
+                    array = np.asarray(picture, dtype=np.uint8)
+                image = torch.from_numpy(array.copy())
+                images.append((image[None] if image.dim() == 2 else image.permute(2, 0, 1)).float() / 255)
+                labels.append(label)
+    if not images:
+        raise ValueError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} images in its class subfolders")
+    shapes = sorted({tuple(image.shape) for image in images})
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: the images differ in shape {shapes[:3]}: resize them to one size first")
+    return ImageDataset(torch.stack(images), torch.tensor(labels), tuple(classes))
 
 
 def default_data_root() -> Path:

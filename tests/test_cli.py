@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from puvae_defense import PuVAE
@@ -207,3 +208,20 @@ def test_diagnose_and_adapt_commands(tmp_path, tiny_vae: PuVAE, mnist_root, caps
     assert adapted.config == PaperClassifier.from_pretrained(tmp_path / "clf").config
     card = json.loads((tmp_path / "adapted" / "config.json").read_text())["metadata"]
     assert card["training"]["adapted from"] == str(tmp_path / "clf") and "val_accuracy_through_purifier" in card["metrics"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_diagnose_your_own_torchscript_classifier_on_your_own_images(tmp_path, tiny_vae: PuVAE, capsys) -> None:
+    import numpy as np
+
+    tiny_vae.save_pretrained(tmp_path / "vae")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "mine.pt"))
+    np.savez(tmp_path / "mine.npz", images=np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32),
+             labels=np.arange(6) % 10)
+    assert main(["diagnose", "--classifier", str(tmp_path / "mine.pt"), "--purifier", str(tmp_path / "vae"),
+                 "--data", str(tmp_path / "mine.npz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 6
+    assert main(["diagnose", "--classifier", "no_such_module:make", "--data", str(tmp_path / "mine.npz")]) == 2
+    assert "cannot import the classifier factory 'no_such_module:make'" in capsys.readouterr().err

@@ -97,3 +97,31 @@ def test_fashion_mnist_fetch_and_splits(tmp_path) -> None:
     assert train.images.shape[1:] == (1, 28, 28) and float(train.images.max()) == 1.0
     assert test[0][1] == 9  # the first Fashion-MNIST test image is an ankle boot
     assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_your_own_data_from_tensors_files_and_folders(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from puvae_defense.data import load_user_data
+
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    np.savez(tmp_path / "d.npz", images=images.numpy(), labels=labels.numpy())
+    save_file({"images": images.float() / 255, "labels": labels}, str(tmp_path / "d.safetensors"))
+    for name in ("d.npz", "d.safetensors"):
+        data = load_user_data(tmp_path / name)
+        torch.testing.assert_close(data.images, images.float() / 255)
+        assert data.labels.tolist() == labels.tolist() and len(data.classes) == 3
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (tmp_path / "folder" / f"class-{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(tmp_path / "folder" / f"class-{label}" / f"{index}.png")
+    folder = load_user_data(tmp_path / "folder")
+    assert folder.classes == ("class-0", "class-1", "class-2") and folder.images.shape == (5, 1, 8, 8)
+    assert sorted(folder.labels.tolist()) == sorted(labels.tolist())
+    np.savez(tmp_path / "bad.npz", pictures=images.numpy())
+    with pytest.raises(ValueError, match=r"has no \['images', 'labels'\]"):
+        load_user_data(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError, match="no such data file"):
+        load_user_data(tmp_path / "missing.npz")
