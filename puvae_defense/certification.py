@@ -1,9 +1,10 @@
 """Certifying a data set with randomized smoothing: resumable runs, reports and their table.
 
 :func:`certify_dataset` runs Cohen et al.'s ``CERTIFY`` (:class:`~puvae_defense.smoothing.SmoothedClassifier`)
-on the first images of a data set, one image at a time with a generator seeded by the image's
-index, so a stopped run resumes from its progress file and gives the numbers of a run that was
-never stopped. The report holds every image's label and radius; the certified accuracy at a
+on the first images of a data set, one image at a time with the smoothing noise and the global
+random generator (which a base classifier's own sampling, such as PuVAE's ``sigma_eps``, draws from)
+seeded by the image's index, so a stopped run resumes from its progress file and gives the numbers
+of a run that was never stopped. The report holds every image's label and radius; the certified accuracy at a
 radius is the share of images certified with the right label at that radius or more.
 """
 
@@ -99,6 +100,7 @@ def certify_dataset(
     if settings.limit > len(dataset):
         raise ValueError(f"limit {settings.limit} exceeds the {len(dataset)} images of the data set")
     run_key = json.loads(json.dumps({"settings": {k: v for k, v in asdict(settings).items() if k != "limit"},
+                                     "seeding": "per image, smoothing noise and the global RNG",
                                      **(dict(key) if key else {})}, sort_keys=True))
     path = Path(progress_file) if progress_file is not None else None
     labels: list[int] = []
@@ -132,7 +134,9 @@ def certify_dataset(
     for index in range(len(labels), settings.limit):
         if here not in devices:
             devices.append(here)
-        generator = torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + index)
+        seed = settings.seed * 1_000_003 + index
+        generator = torch.Generator(device=device).manual_seed(seed)
+        torch.manual_seed(seed)  # a base classifier's own randomness (PuVAE's sigma_eps) is seeded per image too
         image = dataset.images[index : index + 1].to(device)
         label, radius = smoothed.certify(image, n0=settings.n0, n=settings.n, alpha=settings.alpha, generator=generator)
         labels.append(int(label[0]))

@@ -120,3 +120,21 @@ def test_certified_figure(tmp_path) -> None:
                              CertifySettings(sigma=0.5, n0=10, n=50, limit=4), show_progress=False)
     path = certified_figure({"template": report, "retrained": report}, tmp_path / "c.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_randomised_base_resumes_to_the_same_numbers(tmp_path) -> None:
+    """A base that samples from the global RNG (as PuVAE does with sigma_eps > 0) is seeded per image too."""
+    data = synthetic_dataset(6)
+
+    def base(images: torch.Tensor) -> torch.Tensor:  # votes drawn from the global RNG, biased to class 0
+        return torch.randn(images.shape[0], 3) + torch.tensor([1.0, 0.0, 0.0])
+
+    smoothed = SmoothedClassifier(base, 0.5, batch_size=50)
+    settings = CertifySettings(sigma=0.5, n0=5, n=50, limit=4, batch_size=50)
+    whole = certify_dataset(smoothed, data, settings, show_progress=False)
+    torch.manual_seed(123)  # whatever the global state before
+    certify_dataset(smoothed, data, CertifySettings(sigma=0.5, n0=5, n=50, limit=2, batch_size=50),
+                    progress_file=tmp_path / "p.json", show_progress=False)
+    torch.manual_seed(456)
+    resumed = certify_dataset(smoothed, data, settings, progress_file=tmp_path / "p.json", show_progress=False)
+    assert resumed["images"] == whole["images"]
