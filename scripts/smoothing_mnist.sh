@@ -5,6 +5,7 @@
 #
 #   scripts/smoothing_mnist.sh classifiers   # A and B retrained with Gaussian noise at each sigma (Cohen et al.'s
 #                                            # recipe, the shipped A/B's epochs and seed; about 6 min each here)
+#                                            # into anchors/ (fp16, tracked: commit each once)
 #   scripts/smoothing_mnist.sh denoiser      # puvae-mnist-smooth: fine-tune puvae-mnist with recipe "smooth" on all
 #                                            # 50,000 training images (one epoch) into $WORK/puvae-mnist-smooth
 #   scripts/smoothing_mnist.sh bundle        # the denoiser into hub/puvae-mnist-smooth with its measured card
@@ -31,8 +32,9 @@ read -r -a CLASSIFIERS <<< "${CLASSIFIERS:-A B}"
 # The denoiser: the bundled copy once it is committed, else the one trained here.
 SMOOTH=${SMOOTH:-$( [ -f hub/puvae-mnist-smooth/model.safetensors ] && echo puvae-mnist-smooth || echo "$WORK/puvae-mnist-smooth")}
 
-retrained() {  # retrained CLASSIFIER SIGMA: the folder of the noise-trained classifier
-    echo "$WORK/classifiers/mnist-classifier-$(echo "$1" | tr 'AB' 'ab')-noise$2"
+retrained() {  # retrained CLASSIFIER SIGMA: the folder of the noise-trained classifier (tracked in anchors/,
+    # as selectors/ are, so that every session certifies the same network and resumes its progress)
+    echo "anchors/mnist-classifier-$(echo "$1" | tr 'AB' 'ab')-noise$2"
 }
 
 certify_one() {  # certify_one CLASSIFIER SIGMA CONFIG
