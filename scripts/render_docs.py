@@ -616,19 +616,39 @@ def certification_rows(dataset: str = "mnist") -> list[tuple[str, dict]]:
     return [(label, report) for _, label, report in sorted(found, key=lambda item: item[0])]
 
 
-def certification(dataset: str = "mnist", *, radii: tuple[float, ...] | None = None, sigma: float | None = None) -> str:
-    """Certified accuracy per configuration, with the commands and hardware; ``sigma`` keeps one noise level."""
+def _first(report: dict, n: int) -> dict:
+    """The report cut to its first ``n`` images, its accuracies recomputed from the per-image results."""
+    import torch
+
+    from puvae_defense.certification import summarize
+    from puvae_defense.smoothing import Certificate
+
+    images = {key: values[:n] for key, values in report["images"].items()}
+    certificate = Certificate(torch.tensor(images["certified"]), torch.tensor(images["radii"], dtype=torch.float64))
+    settings = {**report["meta"]["settings"], "limit": n}
+    return {**report, "meta": {**report["meta"], "settings": settings}, "images": images,
+            "certified_accuracy": summarize(certificate, torch.tensor(images["labels"]))}
+
+
+def certification(dataset: str = "mnist", *, radii: tuple[float, ...] | None = None, sigma: float | None = None,
+                  common: bool = False) -> str:
+    """Certified accuracy per configuration, with the commands and hardware; ``sigma`` keeps one noise
+    level; ``common`` cuts every row to the images all of them certified (the same images in every row)."""
     from puvae_defense.certification import REPORT_RADII, certification_markdown
 
     rows = [(label, report) for label, report in certification_rows(dataset)
             if sigma is None or report["meta"]["settings"]["sigma"] == sigma]
     if not rows:
         return "No certification has been run yet (`scripts/smoothing_mnist.sh certify`)."
+    if common:
+        n = min(len(report["images"]["radii"]) for _, report in rows)
+        rows = [(label, _first(report, n)) for label, report in rows]
     settings = {(r["meta"]["settings"]["n"], r["meta"]["settings"]["n0"], r["meta"]["settings"]["alpha"]) for _, r in rows}
     n, n0, alpha = sorted(settings)[0]
     runs = "; ".join(f"`{r['meta']['command']}` ({', '.join(r['meta']['devices'])}, {r['meta']['seconds'] / 60:.0f} min)"
                      for _, r in rows)
-    intro = (f"Certified accuracy (%) on the first test images: the share certified with the right class at an L2 "
+    intro = (("Every row on the same first test images. " if common else "")
+             + f"Certified accuracy (%) on the first test images: the share certified with the right class at an L2 "
              f"radius of at least r (n = {n:,}, n0 = {n0}, alpha = {alpha}; a dash is a radius that n cannot certify). "
              f"Commands: {runs}.")
     if len(settings) > 1:
@@ -741,7 +761,9 @@ def main() -> None:
     _replace(ROOT / "docs" / "evaluation.md", "inference-noise-fashion-mnist", inference_noise("fashion-mnist"))
     _replace(ROOT / "docs" / "baselines.md", "defenses", defenses_speed())
     _replace(ROOT / "docs" / "smoothing.md", "certified-mnist", certification("mnist"))
-    _replace(ROOT / "README.md", "certified", certification("mnist", radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=0.5))
+    _replace(ROOT / "README.md", "certified", certification("mnist", radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=0.5,
+                                                            common=True))
+    _replace(ROOT / "docs" / "smoothing.md", "certified-mnist-common", certification("mnist", sigma=0.5, common=True))
     certification_figure("mnist")
     print("rendered README.md and docs/{evaluation,training,baselines,smoothing,benchmarks,usage}.md")
 
