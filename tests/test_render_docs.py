@@ -328,7 +328,7 @@ def test_certification_rows_are_labelled_and_ordered(render, tmp_path) -> None:
     assert table.index("(a) A") < table.index("(c) A") and "0.25 |" not in table.split("\n\n", 1)[1]
     assert len(rows) == 3 and "n = 10,000, n0 = 100, alpha = 0.001" in table
     common = render.certification("mnist", sigma=0.5, radii=(0.0, 0.5), common=True)
-    assert common.startswith("Every row on the same first test images") and "| (a) A smoothed alone | 0.5 | 4 |" in common
+    assert common.startswith("Certified accuracy (%) on the same first 4 test images in every row") and "| (a) A smoothed alone | 0.5 | 4 |" in common
     _write(tmp_path / "certify", "mnist_A_alone_sigma0.5.json", _certify_report(0.5, [0, 1, 1, -1, 0, 0], [0.2, 0.3, 0.5, 0.0, 1, 1]))
     cut = render.certification("mnist", sigma=0.5, radii=(0.0, 0.5), common=True)
     assert "| (a) A smoothed alone | 0.5 | 4 | 25.0 | 0.0 | 25.0 |" in cut  # cut to the 4 images the other row has
