@@ -640,14 +640,14 @@ def certification(dataset: str = "mnist", *, radii: tuple[float, ...] | None = N
             if sigma is None or report["meta"]["settings"]["sigma"] == sigma]
     if not rows:
         return "No certification has been run yet (`scripts/smoothing_mnist.sh certify`)."
-    n = min(len(report["images"]["radii"]) for _, report in rows)
+    shared = min(len(report["images"]["radii"]) for _, report in rows)
     if common:
-        rows = [(label, _first(report, n)) for label, report in rows]
+        rows = [(label, _first(report, shared)) for label, report in rows]
     settings = {(r["meta"]["settings"]["n"], r["meta"]["settings"]["n0"], r["meta"]["settings"]["alpha"]) for _, r in rows}
     n, n0, alpha = sorted(settings)[0]
     runs = "; ".join(f"`{r['meta']['command']}` ({', '.join(r['meta']['devices'])}, {r['meta']['seconds'] / 60:.0f} min)"
                      for _, r in rows)
-    where = f"the same first {n} test images in every row" if common else "the first test images"
+    where = f"the same first {shared} test images in every row" if common else "the first test images"
     intro = (f"Certified accuracy (%) on {where}: the share certified with the right class at an L2 "
              f"radius of at least r (n = {n:,}, n0 = {n0}, alpha = {alpha}; a dash is a radius that n cannot certify). "
              f"Commands: {runs}.")
