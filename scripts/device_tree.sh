@@ -9,13 +9,15 @@
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
 FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/puvae-mnist-smooth/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
-if [ "${2:-}" = certify ]; then  # the certify stage reads the MNIST classifiers, MagNet and the smoothing denoiser
+if [ "${2:-}" = certify ]; then  # the certify stage reads classifiers A and B and the smoothing denoiser only
     FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/defense-gan-mnist/model.safetensors
            hub/defense-gan-fashion-mnist/model.safetensors hub/mnist-adv-classifier-a/model.safetensors
            hub/mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-classifier-a/model.safetensors
            hub/fashion-mnist-classifier-b/model.safetensors hub/fashion-mnist-adv-classifier-a/model.safetensors
            hub/fashion-mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-source/model.safetensors
-           hub/magnet-fashion-mnist/model.safetensors .gpu/mnist-raw.tar.gz .gpu/fashion-mnist-test.tar.gz)
+           hub/magnet-fashion-mnist/model.safetensors hub/mnist-source/model.safetensors
+           selectors/heldout-cw/model.safetensors selectors/heldout-cw-fashion-mnist/model.safetensors
+           .gpu/mnist-raw.tar.gz .gpu/fashion-mnist-test.tar.gz)
 fi
 case ${1:-} in
     stash)
