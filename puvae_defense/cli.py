@@ -472,11 +472,12 @@ def _cmd_certify(args: argparse.Namespace) -> None:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> None:
+    from .baselines import load_purifier
     from .diagnosis import diagnose
 
     net = _load_classifier(args.classifier, args.device)
     data = _data(args, args.split)
-    result = diagnose(net, _load_any_purifier(args.purifier, args.device), data, limit=args.limit,
+    result = diagnose(net, load_purifier(args.purifier, device=args.device), data, limit=args.limit,
                       batch_size=args.batch_size, sigma_eps=args.sigma_eps, tolerance=args.tolerance, seed=args.seed,
                       warn=False)
     print(result)
@@ -484,21 +485,16 @@ def _cmd_diagnose(args: argparse.Namespace) -> None:
         print(json.dumps({**dataclasses.asdict(result), "drop": result.drop, "verdict": result.verdict}))
 
 
-def _load_any_purifier(source: str, device: str):
-    from .baselines import load_purifier
-
-    return load_purifier(source, device=device)
-
-
 def _cmd_adapt(args: argparse.Namespace) -> None:
     import torch
 
     from .data import load_dataset
+    from .baselines import load_purifier
     from .diagnosis import adapt, diagnose
 
     out = _new_folder(args.out, option="--out")
     net = _load_classifier(args.classifier, args.device)
-    purifier = _load_any_purifier(args.purifier, args.device)
+    purifier = load_purifier(args.purifier, device=args.device)
     train = load_dataset(args.dataset, "train", root=args.data_root)
     if args.limit is not None:
         train = train.subset(0, args.limit)
