@@ -22,15 +22,17 @@ from ._version import __version__
 _EXPORTS = {
     "PurifiedClassifier": "classifier", "PuVAEConfig": "config", "TrainConfig": "config", "list_models": "hub",
     "Projection": "model", "PuVAE": "model", "RECIPES": "recipes", "get_recipe": "recipes",
-    "SmoothedClassifier": "smoothing", "fit": "training",
+    "SmoothedClassifier": "smoothing", "fit": "training", "Diagnosis": "diagnosis", "adapt": "diagnosis",
+    "diagnose": "diagnosis",
 }
 
-__all__ = ["RECIPES", "Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "SmoothedClassifier", "TrainConfig",
-           "__version__", "fit", "get_recipe", "list_models"]
+__all__ = ["RECIPES", "Diagnosis", "Projection", "PuVAE", "PuVAEConfig", "PurifiedClassifier", "SmoothedClassifier",
+           "TrainConfig", "__version__", "adapt", "diagnose", "fit", "get_recipe", "list_models"]
 
 if TYPE_CHECKING:
     from .classifier import PurifiedClassifier
     from .config import PuVAEConfig, TrainConfig
+    from .diagnosis import Diagnosis, adapt, diagnose
     from .hub import list_models
     from .model import Projection, PuVAE
     from .recipes import RECIPES, get_recipe

@@ -6,14 +6,19 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ._checks import check_images
 from .baselines.base import ImagePurifier
 from .kernels import Backend
 from .model import Projection, PuVAE, check_sigma_eps
+
+if TYPE_CHECKING:
+    from .diagnosis import Diagnosis
 
 __all__ = ["PurifiedClassifier", "SETTINGS_NAME"]
 
@@ -128,6 +133,28 @@ class PurifiedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the classifier on the purified ``images`` (``(B, C, H, W)`` in [0, 1])."""
         return self.classify_purified(self.purify(images).purified)
+
+    def check(self, dataset: Dataset[Any], *, tolerance: float = 1.0, limit: int | None = 1000, seed: int = 0) -> Diagnosis:
+        """Measure on your labelled images what the purifier costs this classifier; warn when it is too much.
+
+        Runs :func:`puvae_defense.diagnose` with this wrapper's classifier, purifier, ``preprocess``
+        and ``sigma_eps``: a ``UserWarning`` names the drop and the next step when the purifier
+        costs more than ``tolerance`` points of accuracy, so a classifier that misreads the
+        purifier's outputs is never used silently. Print the result for the full report.
+
+        Args:
+            dataset: ``(image (C, H, W) in [0, 1], label)`` pairs, e.g. your validation split.
+            tolerance: the largest acceptable drop, in points.
+            limit: use the first ``limit`` images (None: all).
+            seed: seeds the projection's sampling noise.
+        """
+        from .diagnosis import diagnose
+
+        if self.input_transform is not None:
+            raise ValueError("check() measures the purifier alone; this PurifiedClassifier also has an input_transform "
+                             "(another defense): call puvae_defense.diagnose on a wrapper without it")
+        return diagnose(self.classifier, self.purifier, dataset, limit=limit, sigma_eps=self.sigma_eps,
+                        preprocess=self.preprocess, tolerance=tolerance, seed=seed)
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
         """Save the defended model as one folder: ``purifier/``, ``classifier/`` (when it is one of

@@ -101,3 +101,29 @@ def test_bad_arguments_are_clear_errors(call, error, message: str) -> None:
 def test_diagnosis_prints_a_report() -> None:
     text = str(Diagnosis(100, 99.0, 90.0, 98.5, 8.0, 1.0))
     assert "classifier alone" in text and "98.50%" in text and text.splitlines()[-1].startswith("verdict: adapt")
+
+
+def test_purified_classifier_check_warns_on_the_users_data() -> None:
+    from puvae_defense import PurifiedClassifier
+
+    data = synthetic_dataset(30)
+    with pytest.warns(UserWarning, match="costs your classifier 100.00 points"):
+        result = PurifiedClassifier(_template_net(), Inverting()).check(data, tolerance=1.0)
+    assert result.clean_accuracy == 100.0 and result.purified_accuracy == 0.0 and result.verdict != "ok"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert PurifiedClassifier(_template_net(), NoPurifier()).check(data).verdict == "ok"
+
+
+def test_purified_classifier_check_refuses_a_composed_input_transform() -> None:
+    from puvae_defense import PurifiedClassifier
+
+    model = PurifiedClassifier(_template_net(), NoPurifier(), input_transform=lambda x: x)
+    with pytest.raises(ValueError, match="input_transform"):
+        model.check(synthetic_dataset(4))
+
+
+def test_diagnose_and_adapt_are_top_level_names() -> None:
+    import puvae_defense
+
+    assert puvae_defense.diagnose is diagnose and puvae_defense.adapt is adapt and puvae_defense.Diagnosis is Diagnosis
