@@ -15,12 +15,15 @@ from typing import Any, Literal
 
 from typing_extensions import Self
 
-__all__ = ["MAX_LAYERS", "PuVAEConfig", "TrainConfig"]
+__all__ = ["MAX_LAYERS", "SMALL_IMAGE_SIDE", "PuVAEConfig", "TrainConfig"]
 
 
 #: Most layers of one kind a config may ask for: far beyond any PuVAE, and a guard against a
 #: hostile ``config.json`` that would spend minutes building millions of modules.
 MAX_LAYERS = 64
+
+#: Smallest image side (pixels) that :meth:`PuVAEConfig.for_images` gives the paper's layer sizes.
+SMALL_IMAGE_SIDE = 20
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -102,6 +105,34 @@ class PuVAEConfig:
                 f"area {h0}x{w0}={h0 * w0} (image {shape[1]}x{shape[2]}, {self.num_deconvs} stride-2 "
                 "transposed convolutions)"
             )
+
+    @classmethod
+    def for_images(cls, image_shape: tuple[int, int, int], num_classes: int = 10) -> Self:
+        """The layer sizes ``fit`` uses for images of ``image_shape``: the paper's, or smaller ones for small images.
+
+        Images whose smaller side is at least :data:`SMALL_IMAGE_SIDE` pixels get the paper's
+        sizes (its 7x7 kernels with dilation 2 see 13x13 pixels). Smaller images (8x8, 16x16) get
+        3x3 undilated convolutions, two fully connected layers of 512 units, a 16-d latent and a
+        decoder of 3x3 transposed convolutions grown from a seed map of about 2x2: the paper's
+        trunk on an 8x8 image would see almost all of it in every pixel, and its 25,000-wide first
+        layer would dwarf 1,000 training images (docs/training.md, "Small images").
+
+        Example:
+            >>> PuVAEConfig.for_images((1, 28, 28)) == PuVAEConfig()
+            True
+            >>> PuVAEConfig.for_images((1, 8, 8)).decoder_sizes
+            ((2, 2), (4, 4), (8, 8))
+        """
+        shape = tuple(image_shape)
+        if len(shape) != 3:
+            raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+        side = min(shape[1], shape[2])
+        if side >= SMALL_IMAGE_SIDE:
+            return cls(image_shape=shape, num_classes=num_classes)
+        num_deconvs = max(1, math.floor(math.log2(max(side, 2))) - 1)  # 8 <- 4 <- 2; 4 <- 2; 16 <- 8 <- 4 <- 2
+        h0, w0 = (math.ceil(d / 2 ** num_deconvs) for d in shape[1:])
+        return cls(image_shape=shape, num_classes=num_classes, conv_kernel=3, conv_dilation=1, encoder_hidden=(512, 512),
+                   latent_dim=16, decoder_hidden=64 * h0 * w0, deconv_kernel=3, num_deconvs=num_deconvs)
 
     @property
     def image_numel(self) -> int:

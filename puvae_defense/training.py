@@ -400,7 +400,7 @@ def fit(
         )
     if val_dataset is not None:
         _check_dataset(val_dataset, "val_dataset", image_shape)
-    config = config or PuVAEConfig(image_shape=image_shape, num_classes=num_classes)
+    config = config or PuVAEConfig.for_images(image_shape, num_classes)
     source = _frozen_classifier(source_clf, "source_clf", device)
     _check_source(source, image_shape, num_classes, device, init_name=origin["name"] if origin else None)
     _check_inputs_can_train(len(dataset), num_classes, source, val_dataset, recipe.val_size, device, strict,

@@ -63,3 +63,32 @@ def test_invalid_configs(kwargs, message) -> None:
 def test_unknown_dict_keys() -> None:
     with pytest.raises(ValueError, match="unknown PuVAEConfig keys"):
         PuVAEConfig.from_dict({"latent": 3})
+
+
+def test_for_images_keeps_the_papers_sizes_from_20_pixels() -> None:
+    assert PuVAEConfig.for_images((1, 28, 28)) == PuVAEConfig()
+    assert PuVAEConfig.for_images((3, 32, 32), 100) == PuVAEConfig(image_shape=(3, 32, 32), num_classes=100)
+    assert PuVAEConfig.for_images((1, 20, 24)).conv_kernel == 7
+
+
+@pytest.mark.parametrize("shape, sizes", [((1, 8, 8), ((2, 2), (4, 4), (8, 8))),
+                                          ((3, 16, 16), ((2, 2), (4, 4), (8, 8), (16, 16))),
+                                          ((1, 12, 10), ((3, 3), (6, 5), (12, 10))),
+                                          ((1, 4, 4), ((2, 2), (4, 4))),
+                                          ((1, 2, 3), ((1, 2), (2, 3)))])
+def test_for_images_small_sizes_build_and_project_to_the_input_shape(shape, sizes) -> None:
+    import torch
+
+    from puvae_defense import PuVAE
+
+    config = PuVAEConfig.for_images(shape, 4)
+    assert config.decoder_sizes == sizes and (config.conv_kernel, config.conv_dilation) == (3, 1)
+    vae = PuVAE(config)
+    assert sum(p.numel() for p in vae.parameters()) < 5_000_000
+    out = vae.project(torch.rand(3, *shape), sigma_eps=0.0)
+    assert out.purified.shape == (3, *shape) and out.distances.shape == (3, 4)
+
+
+def test_for_images_rejects_a_shape_that_is_not_chw() -> None:
+    with pytest.raises(ValueError, match="channels, height, width"):
+        PuVAEConfig.for_images((8, 8))

@@ -469,3 +469,10 @@ def test_fit_warns_when_its_result_cannot_be_trusted() -> None:
     assert "after training, the source classifier is right on" in messages  # near chance through the purifier
     with pytest.raises(ValueError, match=r"fewer than 100 per class.*\(strict=True\)"):
         _fit(data, tiny_source(), val_dataset=val, epochs=1, strict=True)
+
+
+def test_fit_picks_the_small_image_layer_sizes_for_8x8_images() -> None:
+    data = synthetic_dataset(64, shape=(1, 8, 8))
+    model = _fit(data, tiny_source((1, 8, 8)), config=None, epochs=1, val_dataset=data)
+    assert model.config == PuVAEConfig.for_images((1, 8, 8), 10) and model.config.conv_kernel == 3
+    assert model.project(data.images[:4], sigma_eps=0.0).purified.shape == (4, 1, 8, 8)
