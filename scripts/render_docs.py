@@ -567,16 +567,26 @@ def finetune() -> str:
     settings = report["settings"]
     if (note := _stale(settings.get("puvae-mnist sha256"), command)) is not None:
         return note
+    if "28x28" not in report:
+        return f"_Run `{command}` (the last report predates the 8x8 rows)._"
     lines = [f"`python examples/finetune_digits.py --epochs {settings['epochs']} --json docs/results/finetune_digits.json` "
              f"({settings['threads']} threads; {settings['test images']} test digits; targeted FGSM eps {settings['eps']} made "
-             f"on the target classifier; sigma_eps {settings['sigma_eps']}). Undefended target classifier: "
-             f"{report['undefended target, clean']:.2f}% clean.", "",
-             "| purifier | training time | clean through the purifier | targeted FGSM through the purifier |",
-             "|---|---|---|---|"]
-    for name in ("puvae-mnist as is", "fine-tuned from puvae-mnist", "from scratch"):
-        row = report[name]
-        time_cell = f"{row['seconds']:.0f} s" if "seconds" in row else "none"
-        lines.append(f"| {name} | {time_cell} | {row['clean']:.2f}% | {row['fgsm']:.2f}% |")
+             f"on the target classifier; sigma_eps {settings['sigma_eps']}; {settings['epochs']} epochs of 10 steps for every "
+             "trained purifier; target classifiers A at 28x28, B at 8x8, never seen by `fit`).", "",
+             "| digits | purifier | parameters | training time | clean | targeted FGSM | FGSM / undefended FGSM |",
+             "|---|---|---|---|---|---|---|"]
+    for side in ("28x28", "8x8"):
+        part = report[side]
+        undefended = part["undefended target"]
+        lines.append(f"| {side} | none (the target alone) | | | {undefended['clean']:.2f}% | {undefended['fgsm']:.2f}% | 1.0x |")
+        for name, row in part.items():
+            if name in ("source, clean", "undefended target"):
+                continue
+            label = f"{name} (recipe `{row['recipe']}`)" if "recipe" in row else name
+            params = f"{row['parameters'] / 1e6:.1f} M" if "parameters" in row else ""
+            time_cell = f"{row['seconds']:.0f} s" if "seconds" in row else "none"
+            ratio = f"{row['fgsm'] / undefended['fgsm']:.1f}x" if undefended["fgsm"] else "n/a"
+            lines.append(f"| {side} | {label} | {params} | {time_cell} | {row['clean']:.2f}% | {row['fgsm']:.2f}% | {ratio} |")
     return "\n".join(lines)
 
 
