@@ -297,6 +297,9 @@ ADVERSARIAL_TRAINING = {"adv-training": False, "adv-training-transfer": True}
 #: A label with this suffix puts 1-bit squeezing (Feature Squeezing) in front of its purifier.
 SQUEEZE_SUFFIX = "+squeeze"
 
+#: Images ``evaluate --data`` measures when no ``--limit`` is given: minutes, not hours, on a CPU.
+USER_DATA_LIMIT = 500
+
 
 def _defense_specs(args: argparse.Namespace) -> dict[str, str]:
     """``--defenses`` as label -> purifier source (folder, registered name, Hub repo id or ``none``)."""
@@ -369,8 +372,13 @@ def _evaluation_defaults(args: argparse.Namespace) -> None:
 
     if args.classifiers is None:
         args.classifiers = [f"A={args.dataset}-classifier-a", f"B={args.dataset}-classifier-b"]
+    if args.data is not None and args.limit is None:
+        args.limit = USER_DATA_LIMIT
+        print(f"evaluating the first {USER_DATA_LIMIT} images of {args.data} (--limit N for more); intervals are 95% "
+              "Wilson intervals", file=sys.stderr)
     if args.name is None:
-        args.name = f"table{PAPER_DATASETS[args.dataset][1]}_{args.dataset}"
+        args.name = (f"evaluate_{Path(args.data).stem}" if args.data is not None
+                     else f"table{PAPER_DATASETS[args.dataset][1]}_{args.dataset}")
 
 
 def _attack_params(items: list[str]) -> dict[str, object]:
@@ -648,7 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "'<dataset>-adv-classifier-<name>', e.g. mnist-adv-classifier-a)")
     ev.add_argument("--attacks", nargs="*", default=["FGSM", "iFGSM", "RAND+FGSM", "CW"],
                     help="gray-box attacks (none: only clean accuracy and adaptive attacks)")
-    ev.add_argument("--limit", type=_positive_int, default=None, help="first N test images (default all)")
+    ev.add_argument("--limit", type=_positive_int, default=None,
+                    help=f"first N test images (default all of the data set's test split; with --data the first {USER_DATA_LIMIT})")
     ev.add_argument("--adaptive", nargs="*", default=list(ADAPTIVE_KEYS), choices=list(ADAPTIVE_KEYS),
                     help="adaptive attacks: PGD through the full purifier, with BPDA, with BPDA on a projection "
                          "tracked from step to step (Defense-GAN only), with EOT, on the purifier's distances "
@@ -666,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, metavar="PATH",
                         help="your own labelled images instead of the data set: a folder with one subfolder of PNG/JPEG "
                              "images per class, or a .safetensors / .npz with 'images' (N, C, H, W) and 'labels'")
-    ev.add_argument("--out", default="docs/results")
+    ev.add_argument("--out", default="runs/evaluate", help="folder of the JSON and Markdown reports (default runs/evaluate)")
     ev.add_argument("--name", default=None,
                     help="results file name (default: the paper's table for --dataset, e.g. table2_mnist, "
                          "table3_fashion-mnist)")

@@ -706,10 +706,22 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return (100 * (centre - half), 100 * (centre + half))
 
 
-def _cell(ours: float, paper: float | None) -> str:
+#: Below this many images, ``results_markdown`` gives every accuracy its 95% Wilson interval.
+SMALL_N = 1000
+
+
+def _interval(percent: float, n: int | None) -> str:
+    """`` [low-high]`` (the 95% Wilson interval) when ``n`` is below :data:`SMALL_N`, else nothing."""
+    if n is None or n >= SMALL_N:
+        return ""
+    low, high = wilson_interval(round(percent * n / 100), n)
+    return f" [{low:.1f}-{high:.1f}]"
+
+
+def _cell(ours: float, paper: float | None, n: int | None = None) -> str:
     if paper is None:
-        return f"{ours:.2f}"
-    return f"{ours:.2f} ({paper:.2f}, {ours - paper:+.2f})"
+        return f"{ours:.2f}{_interval(ours, n)}"
+    return f"{ours:.2f}{_interval(ours, n)} ({paper:.2f}, {ours - paper:+.2f})"
 
 
 def defense_columns(labels: Sequence[str]) -> list[str]:
@@ -725,7 +737,8 @@ def results_markdown(report: Mapping[str, Any], *,
 
     Cells read ``ours (paper, ours - paper)`` where the paper has a value, ``-`` where the
     report has none (merged reports); ``paper`` defaults to the paper's table for the
-    report's data set (:data:`PAPER_TABLES`).
+    report's data set (:data:`PAPER_TABLES`). Measured on fewer than :data:`SMALL_N` images, every
+    accuracy carries its 95% Wilson interval, ``ours [low-high]``.
     """
     if paper is None:
         paper = PAPER_TABLES.get(report["meta"]["settings"]["dataset"], {})
@@ -735,16 +748,18 @@ def results_markdown(report: Mapping[str, Any], *,
         "|---|---|---|---|" + "---|" * len(labels),
     ]
     for name, result in report["classifiers"].items():
-        clean = f"{result['clean_accuracy']:.2f}"
+        n = result.get("n")
+        clean = _cell(result["clean_accuracy"], None, n)
         subset = result.get("subset", {})  # defense -> n, where a merged report measured it on fewer images
         mark = {d: f", n = {subset[d]:,}" if d in subset else "" for d in labels}
+        size = {d: subset.get(d, n) for d in labels}
         lines.append(f"| {name} | no attack | {clean} | {clean} | "
-                     + " | ".join(f"{result['clean_through'][d]:.2f}{mark[d]}" if d in result["clean_through"] else "-"
-                                  for d in labels) + " |")
+                     + " | ".join(_cell(result["clean_through"][d], None, size[d]) + mark[d] if d in result["clean_through"]
+                                  else "-" for d in labels) + " |")
         for attack, cell in result["gray_box"].items():
             ref = paper.get((name, attack), {})
-            values = [_cell(result["clean_accuracy"], ref.get("no_attack")), _cell(cell["no_defense"], ref.get("no_defense"))]
-            values += [_cell(cell[d], ref.get(d)) + mark[d] if d in cell else "-" for d in labels]
+            values = [_cell(result["clean_accuracy"], ref.get("no_attack"), n), _cell(cell["no_defense"], ref.get("no_defense"), n)]
+            values += [_cell(cell[d], ref.get(d), size[d]) + mark[d] if d in cell else "-" for d in labels]
             lines.append(f"| {name} | {attack} | " + " | ".join(values) + " |")
     adaptive_rows = [(name, d, result["adaptive"][d], result["adaptive_n"])
                      for name, result in report["classifiers"].items() for d in labels if d in result["adaptive"]]
@@ -752,6 +767,6 @@ def results_markdown(report: Mapping[str, Any], *,
         attacks = [a for a in ADAPTIVE_ATTACKS if any(a in row for _, _, row, _ in adaptive_rows)]
         lines += ["", "| Classifier | Defense | n | " + " | ".join(attacks) + " |", "|---|---|---|" + "---|" * len(attacks)]
         for name, label, row, n in adaptive_rows:
-            values = " | ".join(f"{row[a]:.2f}" if a in row else "-" for a in attacks)
+            values = " | ".join(_cell(row[a], None, n) if a in row else "-" for a in attacks)
             lines.append(f"| {name} | {DEFENSE_NAMES.get(label, label)} | {n} | {values} |")
     return "\n".join(lines) + "\n"

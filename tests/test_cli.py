@@ -41,6 +41,19 @@ def test_evaluate_defaults_follow_the_dataset() -> None:
     args = build_parser().parse_args(["evaluate", "--dataset", "fashion-mnist", "--classifiers", "A=x", "--name", "t"])
     _evaluation_defaults(args)
     assert args.classifiers == ["A=x"] and args.name == "t"
+    assert args.out == "runs/evaluate" and args.limit is None  # never into docs/results unless asked
+
+
+def test_evaluate_on_your_own_data_defaults_to_a_quick_run(capsys) -> None:
+    from puvae_defense.cli import USER_DATA_LIMIT, _evaluation_defaults, build_parser
+
+    args = build_parser().parse_args(["evaluate", "--data", "my/images.npz", "--classifiers", "mine=net.pt"])
+    _evaluation_defaults(args)
+    assert args.limit == USER_DATA_LIMIT and args.name == "evaluate_images" and args.out == "runs/evaluate"
+    assert f"first {USER_DATA_LIMIT} images of my/images.npz" in capsys.readouterr().err
+    args = build_parser().parse_args(["evaluate", "--data", "my/images.npz", "--limit", "20000"])
+    _evaluation_defaults(args)
+    assert args.limit == 20000
 
 
 def test_data_fetch_verifies_existing_files(mnist_root, capsys) -> None:

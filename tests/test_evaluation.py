@@ -385,3 +385,17 @@ def test_eval_settings_refuse_what_cannot_run(changes: dict, message: str) -> No
     with pytest.raises(ValueError, match=message):
         EvalSettings(**changes)
     assert EvalSettings(overrides={"pgd_steps": 3, "eps": 1, "bpda_track_every_restart": False}).params["eps"] == 1
+
+
+@pytest.mark.parametrize("n, shown", [(50, True), (999, True), (1000, False)])
+def test_results_markdown_gives_small_samples_their_wilson_interval(n: int, shown: bool) -> None:
+    from puvae_defense.evaluation import results_markdown, wilson_interval
+
+    report = {"meta": {"settings": {"dataset": "custom"}, "defenses": ["puvae"]},
+              "classifiers": {"mine": {"n": n, "clean_accuracy": 90.0, "clean_through": {"puvae": 88.0},
+                                       "gray_box": {"FGSM": {"no_defense": 10.0, "puvae": 60.0}},
+                                       "adaptive": {"puvae": {"PGD": 2.0}}, "adaptive_n": n}}}
+    text = results_markdown(report)
+    low, high = wilson_interval(round(0.6 * n), n)
+    assert (f"60.00 [{low:.1f}-{high:.1f}]" in text) is shown
+    assert ("[" in text) is shown

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from puvae_defense.evaluation import wilson_interval
+
 from conftest import load_script
 
 ROOT = Path(__file__).parent.parent
@@ -76,7 +78,9 @@ def test_a_defense_measured_on_fewer_images_is_merged_and_marked(render, tmp_pat
     mnist = render.headline("mnist")
     fgsm = next(line for line in mnist.splitlines() if line.startswith("| A | FGSM |"))
     assert "| Defense-GAN | PuVAE |" in mnist
-    assert f"{first100['classifiers']['A']['gray_box']['FGSM']['defense-gan']:.2f} (85.29, " in fgsm and ", n = 100 |" in fgsm
+    value = first100['classifiers']['A']['gray_box']['FGSM']['defense-gan']
+    low, high = wilson_interval(round(value), 100)
+    assert f"{value:.2f} [{low:.1f}-{high:.1f}] (85.29, " in fgsm and ", n = 100 |" in fgsm
     # 43 of 100 under FGSM: Wilson interval 33.7-52.8
     assert "A / Defense-GAN (first 100 test images): no attack 96.3-100.0, FGSM 33.7-52.8" in mnist
     _copy(tmp_path, "defense_gan_L200_R20_mnist_A_first100.json", "table2_defense_gan_again.json")
