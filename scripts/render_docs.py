@@ -629,6 +629,23 @@ def adapt_example() -> str:
     return "\n".join(lines)
 
 
+def denoiser_diagnosis() -> str:
+    command = "python experiments/denoiser_diagnosis.py --json docs/results/denoiser_diagnosis_mnist.json"
+    report = _load("denoiser_diagnosis_mnist.json")
+    if report is None:
+        return f"_Run `{command}`._"
+    lines = [f"`{command}` (first {report['images']:,} validation images, one noise draw each, the held-out selector, "
+             f"sigma_eps {report['sigma_eps']}):", "",
+             "| sigma | purifier | selector alone | selector through the purifier | the projection's own class | "
+             "selector disagrees with it |", "|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        projection = row["projection's class"]
+        lines.append(f"| {row['sigma']} | `{row['purifier']}` | {row['selector alone']:.1f}% | "
+                     f"{row['selector through the purifier']:.1f}% | {projection:.1f}% | "
+                     f"{row['disagreement']:.1f}% |")
+    return "\n".join(lines)
+
+
 #: Certification configurations (docs/smoothing.md), in the order of issue 52's (a)-(e).
 CERTIFY_CONFIGS = {"alone": "(a) {clf} smoothed alone", "puvae": "(b) {clf} behind puvae-mnist",
                    "smooth": "(c) {clf} behind puvae-mnist-smooth", "magnet": "(d) {clf} behind MagNet's reformer",
@@ -788,6 +805,7 @@ def main() -> None:
     _replace(ROOT / "docs" / "benchmarks.md", "deploy", deployment())
     _replace(ROOT / "docs" / "usage.md", "torchvision", torchvision_example())
     _replace(ROOT / "docs" / "usage.md", "adapt", adapt_example())
+    _replace(ROOT / "docs" / "smoothing.md", "denoiser-diagnosis", denoiser_diagnosis())
     _replace(ROOT / "docs" / "training.md", "finetune", finetune())
     for section, body in tables.items():
         _replace(ROOT / "docs" / "evaluation.md", section, body)
