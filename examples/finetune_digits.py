@@ -76,6 +76,21 @@ def trained(train: TensorDataset, val: TensorDataset, source: torch.nn.Module, i
             "val_purified_acc by epoch": [round(h.val_purified_acc, 2) for h in purifier.training_history]}
 
 
+def resolution(side: int, source_arch: str, target_arch: str, epochs: int, eps: float) -> dict[str, object]:
+    """Every purifier of one resolution, with its own source and target classifiers (30 epochs each)."""
+    train, val, test = sklearn_digits(side)
+    source = fit_classifier(train, source_arch, num_classes=10, epochs=30, progress=False)
+    target = fit_classifier(train, target_arch, num_classes=10, epochs=30, seed=1, progress=False)
+    adversarial = attacked(target, test, eps)
+    rows: dict[str, object] = {"source, clean": round(accuracy(source, test), 2),
+                               "undefended target": through(None, target, test, adversarial)}
+    if side == 28:  # puvae-mnist takes MNIST-like 28x28 images only
+        rows["puvae-mnist as is"] = through(PuVAE.from_pretrained("puvae-mnist"), target, test, adversarial)
+        rows["fine-tuned from puvae-mnist"] = trained(train, val, source, "puvae-mnist", epochs, target, test, adversarial)
+    rows["from scratch"] = trained(train, val, source, None, epochs, target, test, adversarial)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every run (10 steps each on 1,200 images)")
@@ -83,26 +98,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the measured numbers here")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results: dict[str, object] = {}
     # 28x28: the paper's classifiers A (target) and "source"; puvae-mnist as is, fine-tuned, or trained anew.
-    train, val, test = sklearn_digits(28)
-    source = fit_classifier(train, "source", num_classes=10, epochs=30, progress=False)
-    target = fit_classifier(train, "A", num_classes=10, epochs=30, seed=1, progress=False)
-    adversarial = attacked(target, test, args.eps)
-    results["28x28"] = {"source, clean": round(accuracy(source, test), 2),
-                        "undefended target": through(None, target, test, adversarial),
-                        "puvae-mnist as is": through(PuVAE.from_pretrained("puvae-mnist"), target, test, adversarial),
-                        "fine-tuned from puvae-mnist": trained(train, val, source, "puvae-mnist", args.epochs, target, test, adversarial),
-                        "from scratch": trained(train, val, source, None, args.epochs, target, test, adversarial)}
     # 8x8: classifiers whose convolutions fit 8x8 images (B target, D source); the small-image PuVAE.
-    train, val, test = sklearn_digits(8)
-    source = fit_classifier(train, "D", num_classes=10, epochs=30, progress=False)
-    target = fit_classifier(train, "B", num_classes=10, epochs=30, seed=1, progress=False)
-    adversarial = attacked(target, test, args.eps)
-    results["8x8"] = {"source, clean": round(accuracy(source, test), 2),
-                      "undefended target": through(None, target, test, adversarial),
-                      "from scratch": trained(train, val, source, None, args.epochs, target, test, adversarial)}
-    results["settings"] = {"epochs": args.epochs, "eps": args.eps, "test images": len(test), "sigma_eps": 0.0,
+    results: dict[str, object] = {"28x28": resolution(28, "source", "A", args.epochs, args.eps),
+                                  "8x8": resolution(8, "D", "B", args.epochs, args.eps)}
+    results["settings"] = {"epochs": args.epochs, "eps": args.eps, "test images": len(sklearn_digits(8)[2]), "sigma_eps": 0.0,
                            "threads": torch.get_num_threads(), "puvae-mnist sha256": hub.get_entry("puvae-mnist").sha256}
     text = json.dumps(results, indent=2)
     print(text)
