@@ -518,6 +518,7 @@ def evaluate(
         for start in range(first, size, settings.batch_size):
             x = dataset.images[start : start + min(settings.batch_size, size - start)].to(device)
             y = dataset.labels[start : start + x.shape[0]].to(device)
+            bar.set_postfix_str("clean", refresh=True)  # the bar moves within the first batch, stage by stage
             with torch.no_grad():
                 clean_logits = classifier(x)
             score("clean", clean_logits, y)
@@ -525,6 +526,7 @@ def evaluate(
             for label, model in models.items():
                 score(f"clean/{label}", _defended_logits(model, x, gens[label]), y)
             for attack in settings.attacks:
+                bar.set_postfix_str(attack, refresh=True)
                 examples: dict[int, torch.Tensor] = {}  # one set per attacked network, shared by its defenses
                 for target in (classifier, *targets_of.values()):
                     if id(target) not in examples:
@@ -541,6 +543,7 @@ def evaluate(
                 x_a, y_a = x[: adaptive_size - start], y[: adaptive_size - start]
                 for label, model in models.items():
                     for attack in adaptive[label]:
+                        bar.set_postfix_str(f"{label}: {attack}", refresh=True)
                         tic = time.perf_counter()
                         x_adv = _adaptive_attack(attack, model, x_a, y_a, params, gens[label])
                         _count(timings, f"{label}/{attack}", time.perf_counter() - tic)

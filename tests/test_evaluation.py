@@ -399,3 +399,12 @@ def test_results_markdown_gives_small_samples_their_wilson_interval(n: int, show
     low, high = wilson_interval(round(0.6 * n), n)
     assert (f"60.00 [{low:.1f}-{high:.1f}]" in text) is shown
     assert ("[" in text) is shown
+
+
+def test_progress_names_each_stage_within_the_first_batch(tiny_vae: PuVAE, capsys) -> None:
+    nets, defended = _setup(tiny_vae)
+    settings = EvalSettings(attacks=("FGSM",), adaptive=("PGD (full gradient)",), limit=4, adaptive_limit=4,
+                            batch_size=4, overrides=QUICK)
+    evaluate(nets, defended, synthetic_dataset(4), settings, progress=True)
+    err = capsys.readouterr().err
+    assert "clean" in err and "FGSM" in err and "puvae: PGD (full gradient)" in err  # one batch, three stages shown
