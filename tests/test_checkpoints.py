@@ -89,24 +89,36 @@ def test_training_killed_at_random_moments_resumes_to_the_same_weights(tmp_path)
     import random
     import subprocess
     import sys
+    import time
     from pathlib import Path
 
     from safetensors.torch import load_file
 
     worker = [sys.executable, str(Path(__file__).parent / "train_worker.py")]
     env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    started = time.perf_counter()
     subprocess.run([*worker, str(tmp_path / "straight")], check=True, env=env, timeout=240)
+    epoch = (time.perf_counter() - started) / 10  # about one epoch of the 8 plus start-up; scales with the machine's load
+    checkpoints = tmp_path / "killed" / "checkpoints"
+
+    def written() -> int:
+        return len(list(checkpoints.glob("*.safetensors"))) if checkpoints.is_dir() else 0
+
     rng = random.Random(0)
-    epochs_at_kills = []
+    epochs_at_kills: list[int] = []
     while len(epochs_at_kills) < 3:
         process = subprocess.Popen([*worker, str(tmp_path / "killed")], env=env)
-        try:
-            process.wait(timeout=rng.uniform(3.0, 6.0))
+        if epochs_at_kills:  # once this run has written a checkpoint: a real resume follows
+            before, deadline = written(), time.perf_counter() + 240
+            while process.poll() is None and written() == before and time.perf_counter() < deadline:
+                time.sleep(0.02)
+        try:  # the first kill anywhere in start-up or the first epochs; the others a random part of an epoch on
+            process.wait(timeout=rng.uniform(1.0, 3.0) * epoch if not epochs_at_kills else rng.uniform(0.0, 1.0) * epoch)
             break  # finished before the kill
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            epochs_at_kills.append(len(list((tmp_path / "killed" / "checkpoints").glob("*.safetensors"))))
+            epochs_at_kills.append(written())
     if not (tmp_path / "killed" / "final.safetensors").is_file():
         subprocess.run([*worker, str(tmp_path / "killed")], check=True, env=env, timeout=240)
     assert epochs_at_kills and max(epochs_at_kills) >= 1  # at least one kill came after a checkpoint: a real resume
