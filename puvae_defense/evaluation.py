@@ -61,6 +61,7 @@ __all__ = [
     "results_markdown",
     "unpack_hits",
     "weights_fingerprint",
+    "percent_interval",
     "wilson_interval",
 ]
 
@@ -709,6 +710,11 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return (100 * (centre - half), 100 * (centre + half))
 
 
+def percent_interval(percent: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval (percent) of an accuracy given in percent of ``n`` images."""
+    return wilson_interval(round(percent * n / 100), n)
+
+
 #: Below this many images, ``results_markdown`` gives every accuracy its 95% Wilson interval.
 SMALL_N = 1000
 
@@ -717,7 +723,7 @@ def _interval(percent: float, n: int | None) -> str:
     """`` [low-high]`` (the 95% Wilson interval) when ``n`` is below :data:`SMALL_N`, else nothing."""
     if n is None or n >= SMALL_N:
         return ""
-    low, high = wilson_interval(round(percent * n / 100), n)
+    low, high = percent_interval(percent, n)
     return f" [{low:.1f}-{high:.1f}]"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from puvae_defense import PuVAE, hub
 from puvae_defense.evaluation import (ADAPTIVE_ATTACKS, DEFENSE_NAMES, PAPER_ATTACKS, PAPER_DATASETS, PAPER_TABLE6,
-                                      PAPER_TABLES, defense_columns, results_markdown, unpack_hits, wilson_interval)
+                                      PAPER_TABLES, defense_columns, percent_interval, results_markdown, unpack_hits)
 from puvae_defense.serialization import WEIGHTS_NAME, weights_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,11 +107,6 @@ def tracked_note(reports: list[dict]) -> str:
     kinds = sorted({f"{p['bpda_track_steps']} steps from the previous step's "
                     + ("codes of every restart" if p["bpda_track_every_restart"] else "closest code") for p in tracked})
     return f"; BPDA (tracked): Defense-GAN's search continued {' or '.join(kinds)}, the final check by the full search"
-
-
-def percent_interval(percent: float, n: int) -> tuple[float, float]:
-    """The 95% Wilson interval of an accuracy given in percent of ``n`` images."""
-    return wilson_interval(round(percent * n / 100), n)
 
 
 def adaptive_cell(value: float, n: int, usual: int) -> str:
