@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
-from torch.utils.data import TensorDataset
-
-from puvae_defense import PurifiedClassifier, adapt, diagnose, hub
+from puvae_defense import PurifiedClassifier, PuVAE, adapt, diagnose, hub
 from puvae_defense.attacks import fgsm, random_targets
 from puvae_defense.data import load_dataset
 
@@ -57,10 +56,11 @@ def train_resnet(images: torch.Tensor, labels: torch.Tensor, *, epochs: int, bat
     return net.eval()
 
 
-def measure(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> dict[str, float]:
-    """Clean and gray-box targeted FGSM accuracy (%) of ``net`` alone and behind ``puvae-mnist``."""
+def measure(net: torch.nn.Module, purifier: PuVAE, images: torch.Tensor, labels: torch.Tensor,
+            eps: float) -> dict[str, float]:
+    """Clean and gray-box targeted FGSM accuracy (%) of ``net`` alone and behind ``purifier``."""
     undefended = torch.nn.Sequential(PREPROCESS, net).eval()  # the user's model as they deploy it
-    defended = PurifiedClassifier(net, "puvae-mnist", preprocess=PREPROCESS).eval()
+    defended = PurifiedClassifier(net, purifier, preprocess=PREPROCESS).eval()
     targets = random_targets(labels, 10, torch.Generator().manual_seed(0))
     adversarial = fgsm(undefended, images, targets, eps=eps, targeted=True)  # gray-box: made on the ResNet
     with torch.no_grad():
@@ -86,22 +86,23 @@ def main() -> None:
     train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test")
     net = train_resnet(train.images[:args.train_images], train.labels[:args.train_images], epochs=args.epochs)
     images, labels = test.images[:args.test_images], test.labels[:args.test_images]
-    report: dict[str, object] = measure(net, images, labels, args.eps)
+    purifier = PuVAE.from_pretrained("puvae-mnist")  # loaded once, shared by every measurement below
+    report: dict[str, object] = measure(net, purifier, images, labels, args.eps)
     if args.adapt:
         own = TensorDataset(train.images[:args.train_images], train.labels[:args.train_images])
         val = load_dataset("mnist", "val")  # held out from every training run, and not the test split
         held_out = TensorDataset(val.images[:1000], val.labels[:1000])
-        before = diagnose(net, "puvae-mnist", held_out, preprocess=PREPROCESS, warn=False)
-        adapted = adapt(net, "puvae-mnist", own, epochs=args.adapt_epochs, preprocess=PREPROCESS, progress=False)
-        after = diagnose(adapted, "puvae-mnist", held_out, preprocess=PREPROCESS, warn=False)
+        before = diagnose(net, purifier, held_out, preprocess=PREPROCESS, warn=False)
+        adapted = adapt(net, purifier, own, epochs=args.adapt_epochs, preprocess=PREPROCESS, progress=False)
+        after = diagnose(adapted, purifier, held_out, preprocess=PREPROCESS, warn=False)
         report["diagnosis before adapt"] = {"verdict": before.verdict, "drop": round(before.drop, 2),
                                             "projection accuracy": before.projection_accuracy,
                                             "disagreement": before.disagreement}
-        report["adapted"] = measure(adapted, images, labels, args.eps)
+        report["adapted"] = measure(adapted, purifier, images, labels, args.eps)
         report["diagnosis after adapt"] = {"verdict": after.verdict, "drop": round(after.drop, 2)}
         report["adapt epochs"] = args.adapt_epochs
     text = json.dumps(report | {"train images": args.train_images, "epochs": args.epochs, "test images": len(labels),
-                                "eps": args.eps, "sigma_eps": PurifiedClassifier(net, "puvae-mnist").sigma_eps,
+                                "eps": args.eps, "sigma_eps": PurifiedClassifier(net, purifier).sigma_eps,
                                 "puvae-mnist sha256": hub.get_entry("puvae-mnist").sha256}, indent=2)
     print(text)
     if args.json is not None:
