@@ -76,9 +76,11 @@ def trained(train: TensorDataset, val: TensorDataset, source: torch.nn.Module, i
             "val_purified_acc by epoch": [round(h.val_purified_acc, 2) for h in purifier.training_history]}
 
 
-def resolution(side: int, source_arch: str, target_arch: str, epochs: int, eps: float) -> dict[str, object]:
+def resolution(splits: tuple[TensorDataset, TensorDataset, TensorDataset], source_arch: str, target_arch: str,
+               epochs: int, eps: float) -> dict[str, object]:
     """Every purifier of one resolution, with its own source and target classifiers (30 epochs each)."""
-    train, val, test = sklearn_digits(side)
+    train, val, test = splits
+    side = train.tensors[0].shape[-1]
     source = fit_classifier(train, source_arch, num_classes=10, epochs=30, progress=False)
     target = fit_classifier(train, target_arch, num_classes=10, epochs=30, seed=1, progress=False)
     adversarial = attacked(target, test, eps)
@@ -100,9 +102,10 @@ def main() -> None:
     torch.manual_seed(0)
     # 28x28: the paper's classifiers A (target) and "source"; puvae-mnist as is, fine-tuned, or trained anew.
     # 8x8: classifiers whose convolutions fit 8x8 images (B target, D source); the small-image PuVAE.
-    results: dict[str, object] = {"28x28": resolution(28, "source", "A", args.epochs, args.eps),
-                                  "8x8": resolution(8, "D", "B", args.epochs, args.eps)}
-    results["settings"] = {"epochs": args.epochs, "eps": args.eps, "test images": len(sklearn_digits(8)[2]), "sigma_eps": 0.0,
+    native = sklearn_digits(8)
+    results: dict[str, object] = {"28x28": resolution(sklearn_digits(28), "source", "A", args.epochs, args.eps),
+                                  "8x8": resolution(native, "D", "B", args.epochs, args.eps)}
+    results["settings"] = {"epochs": args.epochs, "eps": args.eps, "test images": len(native[2]), "sigma_eps": 0.0,
                            "threads": torch.get_num_threads(), "puvae-mnist sha256": hub.get_entry("puvae-mnist").sha256}
     text = json.dumps(results, indent=2)
     print(text)
