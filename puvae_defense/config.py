@@ -114,8 +114,8 @@ class PuVAEConfig:
         sizes (its 7x7 kernels with dilation 2 see 13x13 pixels). Smaller images (8x8, 16x16) get
         3x3 undilated convolutions, two fully connected layers of 512 units, a 16-d latent and a
         decoder of 3x3 transposed convolutions grown from a seed map of about 2x2: the paper's
-        trunk on an 8x8 image would see almost all of it in every pixel, and its 25,000-wide first
-        layer would dwarf 1,000 training images (docs/training.md, "Small images").
+        trunk on an 8x8 image would see almost all of it in every pixel, and its first layer alone
+        (2,048 x 1,024 weights at 8x8) would dwarf 1,000 training images (docs/training.md).
 
         Example:
             >>> PuVAEConfig.for_images((1, 28, 28)) == PuVAEConfig()
