@@ -30,7 +30,7 @@
 #            docs/results/certify/progress (the cheap rows, the classifiers alone or retrained with
 #            noise, stay on the CPU: scripts/smoothing_mnist.sh certify). The tree must hold the
 #            denoiser: `scripts/device_tree.sh stash certify` keeps it, stashes every model the stage
-#            does not read and sends MNIST's test split only (about 63.3 MiB of the 64). n = 100,000 on 1,000
+#            does not read (anchors too) and sends MNIST's test split only (about 61 MiB of the 64). n = 100,000 on 1,000
 #            images would take about 70 min per configuration even on an H200: more than a task's time.
 # STAGES="tests bench table5 gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to

@@ -17,7 +17,7 @@ if [ "${2:-}" = certify ]; then  # the certify stage reads classifiers A and B a
            hub/fashion-mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-source/model.safetensors
            hub/magnet-fashion-mnist/model.safetensors hub/mnist-source/model.safetensors
            selectors/heldout-cw/model.safetensors selectors/heldout-cw-fashion-mnist/model.safetensors
-           .gpu/mnist-raw.tar.gz .gpu/fashion-mnist-test.tar.gz)
+           .gpu/mnist-raw.tar.gz .gpu/fashion-mnist-test.tar.gz anchors/*/model.safetensors)  # anchors: CPU rows only
 fi
 case ${1:-} in
     stash)
