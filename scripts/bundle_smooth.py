@@ -1,4 +1,4 @@
-"""Bundle the trained smoothing denoiser as hub/puvae-mnist-smooth (stage `bundle` of scripts/smoothing_mnist.sh).
+"""Bundle a trained smoothing denoiser as hub/puvae-DATASET-smooth (stage `bundle` of scripts/smoothing.sh).
 
 Copies the fp16 weights and config written by `puvae-defense train --recipe smooth`, adds the
 registry's description and the measured metrics (the held-out selector through it on clean and
@@ -6,6 +6,7 @@ Gaussian-noisy validation images, `selection.smoothing_metrics`; classifiers A a
 on the whole clean test set), writes the model card and regenerates the registry.
 
     python scripts/bundle_smooth.py runs/smoothing/puvae-mnist-smooth
+    python scripts/bundle_smooth.py runs/smoothing/puvae-fashion-mnist-smooth --dataset fashion-mnist
 """
 
 from __future__ import annotations
@@ -27,35 +28,42 @@ from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load
 from puvae_defense.serialization import CONFIG_NAME, WEIGHTS_NAME, read_metadata, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME = "puvae-mnist-smooth"
-DESCRIPTION = ("PuVAE (Table 1 of the paper, 1x28x28, 10 classes) fine-tuned from puvae-mnist as a denoiser for "
-               "randomized smoothing: every training input Gaussian-noisy with a standard deviation drawn in [0, 1]. "
-               "Put it in front of an unmodified classifier inside SmoothedClassifier to certify an L2 radius "
-               "(docs/smoothing.md); it is not meant for purifying clean or L-inf-attacked inputs.")
+#: How the data sets are named in the model cards.
+TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+def description(dataset: str) -> str:
+    """The registry's and model card's description of puvae-DATASET-smooth."""
+    return (f"PuVAE (Table 1 of the paper, 1x28x28, 10 classes) fine-tuned from puvae-{dataset} as a denoiser for "
+            "randomized smoothing: every training input Gaussian-noisy with a standard deviation drawn in [0, 1]. "
+            "Put it in front of an unmodified classifier inside SmoothedClassifier to certify an L2 radius "
+            "(docs/smoothing.md); it is not meant for purifying clean or L-inf-attacked inputs.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trained", type=Path, help="the folder `puvae-defense train --recipe smooth` wrote")
+    parser.add_argument("--dataset", default="mnist", choices=sorted(TITLES))
     args = parser.parse_args()
+    model_name, text = f"puvae-{args.dataset}-smooth", description(args.dataset)
     vae = PuVAE.from_pretrained(args.trained)
-    train, val, test = (load_dataset("mnist", split) for split in ("train", "val", "test"))
-    selector = load_selector(default_selector_path("mnist"), train, epochs=SELECTOR_EPOCHS["mnist"])
+    train, val, test = (load_dataset(args.dataset, split) for split in ("train", "val", "test"))
+    selector = load_selector(default_selector_path(args.dataset), train, epochs=SELECTOR_EPOCHS[args.dataset])
     val_metrics = smoothing_metrics(vae, selector, val.subset(0, 1000))
     metrics = {f"val_selector_{key.replace('noisy_', 'sigma')}_through_purifier": value for key, value in val_metrics.items()}
     for who in ("a", "b"):
-        net = PaperClassifier.from_pretrained(f"mnist-classifier-{who}")
+        net = PaperClassifier.from_pretrained(f"{args.dataset}-classifier-{who}")
         torch.manual_seed(0)
         metrics[f"test_accuracy_{who.upper()}_through_purifier"] = round(accuracy(PurifiedClassifier(net, vae), test), 2)
-    folder = ROOT / "hub" / NAME
+    folder = ROOT / "hub" / model_name
     folder.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copyfile(args.trained / name, folder / name)
     metadata = read_metadata(folder)
-    training = {**metadata["training"], "data": "MNIST, first 50,000 training images; recipe chosen on the last 10,000"}
-    write_metadata(folder, {**metadata, "name": NAME, "description": DESCRIPTION, "metrics": metrics, "training": training})
+    training = {**metadata["training"], "data": f"{TITLES[args.dataset]}, first 50,000 training images; recipe chosen on the last 10,000"}
+    write_metadata(folder, {**metadata, "name": model_name, "description": text, "metrics": metrics, "training": training})
     (folder / "README.md").write_text(model_card(
-        name=NAME, model_type="puvae", dataset="mnist", description=DESCRIPTION, metrics=metrics,
+        name=model_name, model_type="puvae", dataset=args.dataset, description=text, metrics=metrics,
         training={k: json.dumps(v) if isinstance(v, dict) else v for k, v in training.items()},
         body="Certified accuracy of classifiers A and B smoothed behind it: docs/smoothing.md."))
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_registry.py")], check=True)

@@ -28,7 +28,7 @@
 #            CPU cannot afford (23 s per image at n = 10,000): the first CERT_LIMIT (500) test images,
 #            n = CERT_N (10,000), sigma 0.5 then 0.25 then 1.0, classifier A then B, each resuming from
 #            docs/results/certify/progress (the cheap rows, the classifiers alone or retrained with
-#            noise, stay on the CPU: scripts/smoothing_mnist.sh certify). The tree must hold the
+#            noise, stay on the CPU: scripts/smoothing.sh certify). The tree must hold the
 #            denoiser: `scripts/device_tree.sh stash certify` keeps it, stashes every model the stage
 #            does not read (anchors too) and sends MNIST's test split only (about 61 MiB of the 64). n = 100,000 on 1,000
 #            images would take about 70 min per configuration even on an H200: more than a task's time.

@@ -642,8 +642,8 @@ def denoiser_diagnosis() -> str:
 
 
 #: Certification configurations (docs/smoothing.md), in the order of issue 52's (a)-(e).
-CERTIFY_CONFIGS = {"alone": "(a) {clf} smoothed alone", "puvae": "(b) {clf} behind puvae-mnist",
-                   "smooth": "(c) {clf} behind puvae-mnist-smooth", "magnet": "(d) {clf} behind MagNet's reformer",
+CERTIFY_CONFIGS = {"alone": "(a) {clf} smoothed alone", "puvae": "(b) {clf} behind puvae-{dataset}",
+                   "smooth": "(c) {clf} behind puvae-{dataset}-smooth", "magnet": "(d) {clf} behind MagNet's reformer",
                    "retrained": "(e) {clf} retrained with noise, alone"}
 _CERTIFY_NAME = re.compile(r"(?P<dataset>[a-z-]+)_(?P<clf>[A-Z])_(?P<config>[a-z]+)_sigma(?P<sigma>[0-9.]+)")
 
@@ -657,7 +657,7 @@ def certification_rows(dataset: str = "mnist") -> list[tuple[str, dict]]:
         if match is None or match["config"] not in CERTIFY_CONFIGS:
             raise SystemExit(f"{path.name}: not a certification report name (DATASET_CLASSIFIER_CONFIG_sigmaS)")
         order = (float(match["sigma"]), match["clf"], list(CERTIFY_CONFIGS).index(match["config"]))
-        found.append((order, CERTIFY_CONFIGS[match["config"]].format(clf=match["clf"]), json.loads(path.read_text())))
+        found.append((order, CERTIFY_CONFIGS[match["config"]].format(clf=match["clf"], dataset=dataset), json.loads(path.read_text())))
     return [(label, report) for _, label, report in sorted(found, key=lambda item: item[0])]
 
 
@@ -686,7 +686,7 @@ def certification(dataset: str = "mnist", *, radii: tuple[float, ...] | None = N
             if (sigma is None or report["meta"]["settings"]["sigma"] == sigma)
             and (classifier is None or label.split()[1] == classifier)]
     if not rows:
-        return "No certification has been run yet (`scripts/smoothing_mnist.sh certify`)."
+        return f"No certification has been run yet (`DATASET={dataset} scripts/smoothing.sh certify`)."
     shared = min(len(report["images"]["radii"]) for _, report in rows)
     if common:
         rows = [(label, _first(report, shared)) for label, report in rows]
