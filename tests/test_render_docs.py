@@ -336,6 +336,9 @@ def test_certification_rows_are_labelled_and_ordered(render, tmp_path) -> None:
     _write(tmp_path / "certify", "mnist_A_alone_sigma0.5.json", _certify_report(0.5, [0, 1, 1, -1, 0, 0], [0.2, 0.3, 0.5, 0.0, 1, 1]))
     cut = render.certification("mnist", sigma=0.5, radii=(0.0, 0.5), common=True)
     assert "| (a) A smoothed alone | 0.5 | 4 | 25.0 | 0.0 | 25.0 |" in cut  # cut to the 4 images the other row has
+    _write(tmp_path / "certify", "fashion-mnist_B_smooth_sigma0.25.json", _certify_report(0.25, [0, 0], [0.1, 0.2]))
+    assert len(render.certification_rows()) == 3  # each data set has its own rows, labelled with its denoiser
+    assert [label for label, _ in render.certification_rows("fashion-mnist")] == ["(c) B behind puvae-fashion-mnist-smooth"]
     (tmp_path / "certify" / "mnist_A_bogus_sigma0.5.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a certification report name"):
         render.certification_rows()
