@@ -8,6 +8,13 @@ projection's accuracy is about the selector's through the purifier, the images a
 class choice (a wrong-class decoding reads as that class); when it is higher, the classifier
 misreads right-class decodings (and ``adapt`` is the fix).
 
+It also scores a noise-aware class choice on the same candidates: the class whose projection
+makes the noisy image most likely under the clipped Gaussian that made it (a pixel at 0 or 1 counts
+``Phi`` of its distance to the threshold, one inside ``N(x; r, sigma^2)``) against the nearest in
+RMSE (eq. 15, what PuVAE does): if the class choice fails because RMSE is the wrong distance for
+clipped noise, the likelihood recovers it. For scale, the classifier A retrained with noise at
+that sigma (``anchors/``, row (e) of docs/smoothing.md, where it exists) reads the same noisy images.
+
     python experiments/denoiser_diagnosis.py [--purifiers puvae-mnist-smooth puvae-mnist] [--images 1000]
         [--json docs/results/denoiser_diagnosis_mnist.json]
 """
@@ -21,9 +28,35 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from puvae_defense import diagnose
+from puvae_defense import PuVAE, diagnose
+from puvae_defense.baselines import load_purifier
+from puvae_defense.classifiers import PaperClassifier, accuracy
 from puvae_defense.data import load_dataset
 from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector
+
+
+def clipped_gaussian_loglik(noisy: torch.Tensor, candidates: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(B, C)`` log-likelihood of ``noisy`` ``(B, ...)`` given each clean candidate ``(B, C, ...)`` under
+    ``clip(r + sigma * N(0, 1), 0, 1)`` per pixel."""
+    x = noisy.unsqueeze(1).expand_as(candidates)
+    standard = torch.distributions.Normal(0.0, 1.0)
+    inside = -((x - candidates) ** 2) / (2 * sigma**2)
+    at_zero = standard.cdf(-candidates / sigma).clamp_min(1e-12).log()
+    at_one = standard.cdf((candidates - 1) / sigma).clamp_min(1e-12).log()
+    return torch.where(x <= 0, at_zero, torch.where(x >= 1, at_one, inside)).flatten(2).sum(-1)
+
+
+def selection_rules(vae: PuVAE, noisy: torch.Tensor, labels: torch.Tensor, sigma: float) -> dict[str, float]:
+    """Accuracy (%) of the nearest-RMSE and the most-likely class on the same candidates (sigma_eps 0.1, seed 0)."""
+    generator, nearest, likeliest = torch.Generator().manual_seed(0), [], []
+    with torch.no_grad():
+        for start in range(0, len(noisy), 100):
+            batch = noisy[start:start + 100]
+            candidates = vae.candidates(batch, sigma_eps=0.1, generator=generator)
+            nearest.append(((candidates - batch.unsqueeze(1)) ** 2).flatten(2).mean(-1).argmin(1))
+            likeliest.append(clipped_gaussian_loglik(batch, candidates, sigma).argmax(1))
+    return {"nearest (RMSE)": round((torch.cat(nearest) == labels).float().mean().item() * 100, 2),
+            "most likely": round((torch.cat(likeliest) == labels).float().mean().item() * 100, 2)}
 
 
 def main() -> None:
@@ -31,6 +64,8 @@ def main() -> None:
     parser.add_argument("--purifiers", nargs="+", default=["puvae-mnist-smooth", "puvae-mnist"])
     parser.add_argument("--sigmas", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument("--images", type=int, default=1000, help="first N validation images")
+    parser.add_argument("--anchors", default="anchors/mnist-classifier-a-noise{sigma}",
+                        help="the noise-retrained classifier per sigma, where the folder exists")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     val = load_dataset("mnist", "val")
@@ -39,11 +74,15 @@ def main() -> None:
     rows = []
     for sigma in args.sigmas:
         noisy = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+        anchor = Path(args.anchors.format(sigma=sigma))
+        retrained = (round(accuracy(PaperClassifier.from_pretrained(anchor), TensorDataset(noisy, labels)), 2)
+                     if anchor.is_dir() else None)
         for purifier in args.purifiers:
             result = diagnose(selector, purifier, TensorDataset(noisy, labels), limit=None, warn=False)
             rows.append({"sigma": sigma, "purifier": purifier, "selector alone": result.clean_accuracy,
                          "selector through the purifier": result.purified_accuracy,
-                         "projection's class": result.projection_accuracy, "disagreement": result.disagreement})
+                         "projection's class": result.projection_accuracy, "disagreement": result.disagreement,
+                         **selection_rules(load_purifier(purifier), noisy, labels, sigma), "retrained alone": retrained})
             print(json.dumps(rows[-1]), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"images": args.images, "split": "val", "sigma_eps": 0.1, "rows": rows},
