@@ -25,7 +25,7 @@
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2;
 #   certify  randomized smoothing behind puvae-mnist-smooth (docs/smoothing.md, issue 52), the part a
-#            CPU cannot afford (23 s per image at n = 10,000): the first CERT_LIMIT (500) test images,
+#            CPU cannot afford (45 to 56 s per image at n = 10,000): the first CERT_LIMIT (500) test images,
 #            n = CERT_N (10,000), sigma 0.5 then 0.25 then 1.0, classifier A then B, each resuming from
 #            docs/results/certify/progress (the cheap rows, the classifiers alone or retrained with
 #            noise, stay on the CPU: scripts/smoothing.sh certify). The tree must hold the
