@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +78,25 @@ def projection_figure(
     return path
 
 
-def certified_figure(rows: Mapping[str, Mapping[str, Any]], path: Path, *, title: str = "") -> Path:
+def certified_figure(
+    rows: Mapping[str, Mapping[str, Any]] | Sequence[tuple[str, Mapping[str, Any]]],
+    path: Path,
+    *,
+    title: str = "",
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
     """Certified accuracy against L2 radius, one curve per labelled certification report
     (:func:`puvae_defense.certification.certify_dataset`), as in Cohen et al.'s figures.
 
     Each curve is the share of images certified with the right label at radius ``r`` or more,
-    drawn up to the largest radius the report's ``n`` can certify.
+    drawn up to the largest radius the report's ``n`` can certify. Reports of different noise
+    levels go to separate panels, one per sigma, side by side, so a label may repeat across them.
+
+    Args:
+        rows: label -> report, or ``(label, report)`` pairs.
+        path: where to write the PNG.
+        title: the figure's title.
+        styles: label -> matplotlib line options (``color``, ``linestyle``...), the same in every panel.
 
     Returns:
         ``path`` (a PNG).
@@ -93,21 +106,27 @@ def certified_figure(rows: Mapping[str, Mapping[str, Any]], path: Path, *, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, report in rows.items():
+    pairs = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
+    sigmas = sorted({float(report["meta"]["settings"]["sigma"]) for _, report in pairs})
+    fig, axes = plt.subplots(1, max(len(sigmas), 1), figsize=(4.0 * max(len(sigmas), 1) + 0.6, 4.2),
+                             sharey=True, squeeze=False)
+    for label, report in pairs:
+        ax = axes[0][sigmas.index(float(report["meta"]["settings"]["sigma"]))]
         images = report["images"]
         right = torch.tensor([c == y for c, y in zip(images["certified"], images["labels"], strict=True)])
         radii = torch.tensor(images["radii"], dtype=torch.float64)
         grid = torch.linspace(0, report["meta"]["largest_radius"], 200, dtype=torch.float64)
         accuracy = [100.0 * float((right & (radii >= r)).double().mean()) for r in grid]
-        ax.plot(grid.numpy(), accuracy, label=label, linestyle="--" if "retrained" in label else "-")
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        ax.plot(grid.numpy(), accuracy, label=label, **dict((styles or {}).get(label, {})))
+    for ax, sigma in zip(axes[0], sigmas, strict=False):
+        ax.set_title(f"sigma = {sigma:g}", fontsize=9)
+        ax.set_xlabel("L2 radius")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    axes[0][0].set_ylabel("certified accuracy (%)")
     if title:
-        ax.set_title(title, fontsize=9)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

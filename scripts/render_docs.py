@@ -714,8 +714,13 @@ def certification_figure(dataset: str = "mnist") -> Path | None:
     rows = certification_rows(dataset)
     if not rows:
         return None
-    labelled = {f"{label}, sigma {report['meta']['settings']['sigma']:g}": report for label, report in rows}
-    return certified_figure(labelled, ROOT / "docs" / f"certified_{dataset}.png",
+    # one colour per configuration (a)-(e), one line style per classifier
+    colours = dict(zip(CERTIFY_CONFIGS, ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:red"), strict=True))
+    configs = {CERTIFY_CONFIGS[config].format(clf=clf, dataset=dataset): (config, clf)
+               for config in CERTIFY_CONFIGS for clf in "AB"}
+    styles = {label: {"color": colours[config], "linestyle": "-" if clf == "A" else "--"}
+              for label, (config, clf) in configs.items()}
+    return certified_figure(rows, ROOT / "docs" / f"certified_{dataset}.png", styles=styles,
                             title=f"{dataset.upper() if dataset == 'mnist' else dataset}: randomized smoothing, first test images")
 
 

@@ -118,8 +118,13 @@ def test_certified_figure(tmp_path) -> None:
     data = synthetic_dataset(6)
     report = certify_dataset(SmoothedClassifier(_template_classifier(), 0.5), data,
                              CertifySettings(sigma=0.5, n0=10, n=50, limit=4), show_progress=False)
-    path = certified_figure({"template": report, "retrained": report}, tmp_path / "c.png", title="t")
+    path = certified_figure({"template": report, "retrained": report}, tmp_path / "c.png", title="t",
+                            styles={"retrained": {"linestyle": "--", "color": "tab:red"}})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wider = {**report, "meta": {**report["meta"], "settings": {**report["meta"]["settings"], "sigma": 1.0}}}
+    two = certified_figure([("template", report), ("template", wider)], tmp_path / "two.png")  # one panel per sigma
+    width = lambda png: int.from_bytes(png.read_bytes()[16:20], "big")  # noqa: E731  (the IHDR chunk's width)
+    assert width(two) > 1.5 * width(path)
 
 
 def test_a_randomised_base_resumes_to_the_same_numbers(tmp_path) -> None:
