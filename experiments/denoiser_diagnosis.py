@@ -32,6 +32,7 @@ from puvae_defense import PuVAE, diagnose
 from puvae_defense.baselines import load_purifier
 from puvae_defense.classifiers import PaperClassifier, accuracy
 from puvae_defense.data import load_dataset
+from puvae_defense.kernels import select_closest
 from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector
 
 
@@ -53,7 +54,7 @@ def selection_rules(vae: PuVAE, noisy: torch.Tensor, labels: torch.Tensor, sigma
         for start in range(0, len(noisy), 100):
             batch = noisy[start:start + 100]
             candidates = vae.candidates(batch, sigma_eps=0.1, generator=generator)
-            nearest.append(((candidates - batch.unsqueeze(1)) ** 2).flatten(2).mean(-1).argmin(1))
+            nearest.append(select_closest(batch.flatten(1), candidates.flatten(2)).indices)  # PuVAE's own rule
             likeliest.append(clipped_gaussian_loglik(batch, candidates, sigma).argmax(1))
     return {"nearest (RMSE)": round((torch.cat(nearest) == labels).float().mean().item() * 100, 2),
             "most likely": round((torch.cat(likeliest) == labels).float().mean().item() * 100, 2)}
@@ -71,18 +72,19 @@ def main() -> None:
     val = load_dataset("mnist", "val")
     images, labels = val.images[:args.images], val.labels[:args.images]
     selector = load_selector(default_selector_path("mnist"), load_dataset("mnist", "train"), epochs=SELECTOR_EPOCHS["mnist"])
+    purifiers = {name: load_purifier(name) for name in args.purifiers}
     rows = []
     for sigma in args.sigmas:
         noisy = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
         anchor = Path(args.anchors.format(sigma=sigma))
         retrained = (round(accuracy(PaperClassifier.from_pretrained(anchor), TensorDataset(noisy, labels)), 2)
                      if anchor.is_dir() else None)
-        for purifier in args.purifiers:
-            result = diagnose(selector, purifier, TensorDataset(noisy, labels), limit=None, warn=False)
+        for purifier, vae in purifiers.items():
+            result = diagnose(selector, vae, TensorDataset(noisy, labels), limit=None, warn=False)
             rows.append({"sigma": sigma, "purifier": purifier, "selector alone": result.clean_accuracy,
                          "selector through the purifier": result.purified_accuracy,
                          "projection's class": result.projection_accuracy, "disagreement": result.disagreement,
-                         **selection_rules(load_purifier(purifier), noisy, labels, sigma), "retrained alone": retrained})
+                         **selection_rules(vae, noisy, labels, sigma), "retrained alone": retrained})
             print(json.dumps(rows[-1]), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps({"images": args.images, "split": "val", "sigma_eps": 0.1, "rows": rows},
