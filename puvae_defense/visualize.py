@@ -108,8 +108,8 @@ def certified_figure(
 
     pairs = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
     sigmas = sorted({float(report["meta"]["settings"]["sigma"]) for _, report in pairs})
-    fig, axes = plt.subplots(1, max(len(sigmas), 1), figsize=(4.0 * max(len(sigmas), 1) + 0.6, 4.2),
-                             sharey=True, squeeze=False)
+    panels = max(len(sigmas), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(4.0 * panels + 0.6, 4.2), sharey=True, squeeze=False)
     for label, report in pairs:
         ax = axes[0][sigmas.index(float(report["meta"]["settings"]["sigma"]))]
         images = report["images"]

@@ -715,11 +715,9 @@ def certification_figure(dataset: str = "mnist") -> Path | None:
     if not rows:
         return None
     # one colour per configuration (a)-(e), one line style per classifier
-    colours = dict(zip(CERTIFY_CONFIGS, ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:red"), strict=True))
-    configs = {CERTIFY_CONFIGS[config].format(clf=clf, dataset=dataset): (config, clf)
-               for config in CERTIFY_CONFIGS for clf in "AB"}
-    styles = {label: {"color": colours[config], "linestyle": "-" if clf == "A" else "--"}
-              for label, (config, clf) in configs.items()}
+    colours = ("tab:gray", "tab:orange", "tab:blue", "tab:green", "tab:red")
+    styles = {label.format(clf=clf, dataset=dataset): {"color": colour, "linestyle": "-" if clf == "A" else "--"}
+              for label, colour in zip(CERTIFY_CONFIGS.values(), colours, strict=True) for clf in "AB"}
     return certified_figure(rows, ROOT / "docs" / f"certified_{dataset}.png", styles=styles,
                             title=f"{dataset.upper() if dataset == 'mnist' else dataset}: randomized smoothing, first test images")
 
