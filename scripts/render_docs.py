@@ -820,7 +820,9 @@ def main() -> None:
     _replace(ROOT / "README.md", "certified", certification("mnist", radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=0.5,
                                                             common=True, classifier="A"))
     _replace(ROOT / "docs" / "smoothing.md", "certified-mnist-common", certification("mnist", sigma=0.5, common=True))
-    certification_figure("mnist")
+    _replace(ROOT / "docs" / "smoothing.md", "certified-fashion-mnist", certification("fashion-mnist"))
+    for dataset in ("mnist", "fashion-mnist"):
+        certification_figure(dataset)
     print("rendered README.md and docs/{evaluation,training,baselines,smoothing,benchmarks,usage}.md")
 
 
