@@ -630,17 +630,18 @@ def denoiser_diagnosis() -> str:
     if report is None:
         return f"_Run `{command}`._"
     lines = [f"`{command}` (first {report['images']:,} validation images, one noise draw each, the held-out selector, "
-             f"sigma_eps {report['sigma_eps']}; \"nearest\" and \"most likely\" choose the class on the same candidates, "
-             "one by RMSE as PuVAE does, one by the likelihood of the clipped Gaussian noise; the last column, for scale, classifier A "
+             f"sigma_eps {report['sigma_eps']}; \"nearest\", \"most likely\" and \"ELBO\" choose the class on the same candidates, "
+             "one by RMSE as PuVAE does, one by the likelihood of the clipped Gaussian noise, one by that likelihood minus the "
+             "KL of the class's posterior from the prior (the evidence lower bound); the last column, for scale, classifier A "
              "retrained with noise at that sigma, row (e)'s network, on the same noisy images):", "",
              "| sigma | purifier | selector alone | selector through the purifier | the projection's own class | "
-             "selector disagrees with it | nearest (RMSE) | most likely | A retrained with noise |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "selector disagrees with it | nearest (RMSE) | most likely | ELBO | A retrained with noise |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         projection, retrained = row["projection's class"], row["retrained alone"]
         lines.append(f"| {row['sigma']} | `{row['purifier']}` | {row['selector alone']:.1f}% | "
                      f"{row['selector through the purifier']:.1f}% | {projection:.1f}% | "
-                     f"{row['disagreement']:.1f}% | {row['nearest (RMSE)']:.1f}% | {row['most likely']:.1f}% | "
+                     f"{row['disagreement']:.1f}% | {row['nearest (RMSE)']:.1f}% | {row['most likely']:.1f}% | {row['ELBO']:.1f}% | "
                      f"{'-' if retrained is None else f'{retrained:.1f}%'} |")
     return "\n".join(lines)
 
