@@ -20,6 +20,8 @@ that sigma (``anchors/``, row (e) of docs/smoothing.md, where it exists) reads t
 
     python experiments/denoiser_diagnosis.py [--purifiers puvae-mnist-smooth puvae-mnist] [--images 1000]
         [--json docs/results/denoiser_diagnosis_mnist.json]
+    python experiments/denoiser_diagnosis.py --dataset fashion-mnist --sigmas 0.25 0.5
+        --json docs/results/denoiser_diagnosis_fashion-mnist.json
 """
 
 from __future__ import annotations
@@ -77,21 +79,25 @@ def selection_rules(vae: PuVAE, noisy: torch.Tensor, labels: torch.Tensor, sigma
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--purifiers", nargs="+", default=["puvae-mnist-smooth", "puvae-mnist"])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--purifiers", nargs="+", default=None,
+                        help="default: puvae-DATASET-smooth and puvae-DATASET")
     parser.add_argument("--sigmas", nargs="+", type=float, default=[0.25, 0.5, 1.0])
     parser.add_argument("--images", type=int, default=1000, help="first N validation images")
-    parser.add_argument("--anchors", default="anchors/mnist-classifier-a-noise{sigma}",
+    parser.add_argument("--anchors", default="anchors/{dataset}-classifier-a-noise{sigma}",
                         help="the noise-retrained classifier per sigma, where the folder exists")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    val = load_dataset("mnist", "val")
+    dataset = args.dataset
+    val = load_dataset(dataset, "val")
     images, labels = val.images[:args.images], val.labels[:args.images]
-    selector = load_selector(default_selector_path("mnist"), load_dataset("mnist", "train"), epochs=SELECTOR_EPOCHS["mnist"])
-    purifiers = {name: load_purifier(name) for name in args.purifiers}
+    selector = load_selector(default_selector_path(dataset), load_dataset(dataset, "train"), epochs=SELECTOR_EPOCHS[dataset])
+    names = args.purifiers or [f"puvae-{dataset}-smooth", f"puvae-{dataset}"]
+    purifiers = {name: load_purifier(name) for name in names}
     rows = []
     for sigma in args.sigmas:
         noisy = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-        anchor = Path(args.anchors.format(sigma=sigma))
+        anchor = Path(args.anchors.format(dataset=dataset, sigma=sigma))
         retrained = (round(accuracy(PaperClassifier.from_pretrained(anchor), TensorDataset(noisy, labels)), 2)
                      if anchor.is_dir() else None)
         for purifier, vae in purifiers.items():
@@ -102,7 +108,7 @@ def main() -> None:
                          **selection_rules(vae, noisy, labels, sigma), "retrained alone": retrained})
             print(json.dumps(rows[-1]), flush=True)
     if args.json is not None:
-        args.json.write_text(json.dumps({"images": args.images, "split": "val", "sigma_eps": 0.1, "rows": rows},
+        args.json.write_text(json.dumps({"dataset": dataset, "images": args.images, "split": "val", "sigma_eps": 0.1, "rows": rows},
                                         indent=2) + "\n")
 
 

@@ -624,9 +624,10 @@ def adapt_example() -> str:
     return "\n".join(lines)
 
 
-def denoiser_diagnosis() -> str:
-    command = "python experiments/denoiser_diagnosis.py --json docs/results/denoiser_diagnosis_mnist.json"
-    report = _load("denoiser_diagnosis_mnist.json")
+def denoiser_diagnosis(dataset: str = "mnist") -> str:
+    options = "" if dataset == "mnist" else f" --dataset {dataset} --sigmas 0.25 0.5"
+    command = f"python experiments/denoiser_diagnosis.py{options} --json docs/results/denoiser_diagnosis_{dataset}.json"
+    report = _load(f"denoiser_diagnosis_{dataset}.json")
     if report is None:
         return f"_Run `{command}`._"
     lines = [f"`{command}` (first {report['images']:,} validation images, one noise draw each, the held-out selector, "
@@ -811,6 +812,7 @@ def main() -> None:
     _replace(ROOT / "docs" / "usage.md", "torchvision", torchvision_example())
     _replace(ROOT / "docs" / "usage.md", "adapt", adapt_example())
     _replace(ROOT / "docs" / "smoothing.md", "denoiser-diagnosis", denoiser_diagnosis())
+    _replace(ROOT / "docs" / "smoothing.md", "denoiser-diagnosis-fashion-mnist", denoiser_diagnosis("fashion-mnist"))
     _replace(ROOT / "docs" / "training.md", "finetune", finetune())
     for section, body in tables.items():
         _replace(ROOT / "docs" / "evaluation.md", section, body)
