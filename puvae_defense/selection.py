@@ -83,6 +83,14 @@ def load_selector(path: str | os.PathLike[str], train: ImageDataset, *, epochs: 
     return PaperClassifier.from_pretrained(path, device=device)
 
 
+def _check_data(data: object) -> ImageDataset:
+    """``data`` if it is an :class:`ImageDataset` (the metrics batch its tensors), else a ``TypeError``."""
+    if not isinstance(data, ImageDataset):
+        raise TypeError("data must be a puvae_defense.data.ImageDataset (ImageDataset(images, labels, classes) from "
+                        f"(N, C, H, W) images in [0, 1] and (N,) labels), got {type(data).__name__}")
+    return data
+
+
 def selection_metrics(
     vae: PuVAE, selector: nn.Module, data: ImageDataset, *, eps: float = 0.3, seed: int = 1, sigma_eps: float = 0.1
 ) -> dict[str, float]:
@@ -98,6 +106,7 @@ def selection_metrics(
         ``eps``, the same targets); ``projection``: the purifier's own choice is right (%); ``kl``: nats per
         image; ``spread``: within-class spread of the mu-decodings over that of the inputs.
     """
+    data = _check_data(data)
     defended = PurifiedClassifier(selector, vae, sigma_eps=sigma_eps)
     classes = vae.num_classes
     attack = lambda x, y, g: fgsm(selector, x, random_targets(y, classes, g), eps=eps, targeted=True)  # noqa: E731
@@ -130,6 +139,11 @@ def smoothing_metrics(
         ``clean``: the selector's accuracy (%) through the purifier on clean images;
         ``noisy_<sigma>``: the same on ``clip(x + sigma * N(0, I))``, averaged over ``draws`` noise draws.
     """
+    data = _check_data(data)
+    if not sigmas or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in sigmas):
+        raise ValueError(f"sigmas must be positive noise levels, got {sigmas!r}")
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}")
     defended = PurifiedClassifier(selector, vae, sigma_eps=sigma_eps)
     metrics = {"clean": defended_accuracy(defended, data, seed=seed)}
     for sigma in sigmas:

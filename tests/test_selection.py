@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from puvae_defense import PuVAE
-from puvae_defense.selection import SELECTOR_SETTINGS, choose_recipe, default_selector_path, selection_metrics
+from puvae_defense.selection import (
+    SELECTOR_SETTINGS,
+    choose_recipe,
+    default_selector_path,
+    selection_metrics,
+    smoothing_metrics,
+)
 
 from conftest import synthetic_dataset, tiny_source
 
@@ -43,6 +49,34 @@ def test_selection_metrics_score_the_given_inference_noise(tiny_vae: PuVAE, monk
     assert seen and set(seen) == {0.3}  # every projection it scores, clean, attacked and the purifier's own
     with pytest.raises(ValueError, match="sigma_eps"):
         selection_metrics(tiny_vae, tiny_source().eval(), synthetic_dataset(20), sigma_eps=-0.1)
+
+
+def test_smoothing_metrics_score_clipped_gaussian_copies_averaged_over_draws(tiny_vae: PuVAE, monkeypatch) -> None:
+    data, selector = synthetic_dataset(20), tiny_source().eval()
+    seen: list[torch.Tensor] = []
+    real = PuVAE.project
+    monkeypatch.setattr(PuVAE, "project", lambda self, images, *a, **k: seen.append(images.clone()) or real(
+        self, images, *a, **k))
+    scores = smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5,), draws=1, seed=3)
+    assert set(scores) == {"clean", "noisy_0.5"} and all(0 <= v <= 100 for v in scores.values())
+    clean, noisy = seen[0], seen[1]  # one batch each: the clean pass, then the single noise draw
+    assert torch.equal(clean, data.images)
+    expected = (data.images + 0.5 * torch.randn(data.images.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    assert torch.equal(noisy, expected)  # the copies a smoothed classifier classifies, clipped as SmoothedClassifier does
+    monkeypatch.setattr(PuVAE, "project", real)
+    both = smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5,), draws=2, seed=3)["noisy_0.5"]
+    first = smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5,), draws=1, seed=3)["noisy_0.5"]
+    second = smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5,), draws=1, seed=4)["noisy_0.5"]
+    assert both == pytest.approx((first + second) / 2)  # draw d uses seed + d
+    assert set(smoothing_metrics(tiny_vae, selector, data, draws=1)) == {"clean", "noisy_0.25", "noisy_0.5", "noisy_1.0"}
+    with pytest.raises(TypeError, match="ImageDataset"):
+        smoothing_metrics(tiny_vae, selector, list(data))
+    with pytest.raises(ValueError, match="sigmas"):
+        smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5, 0.0))
+    with pytest.raises(ValueError, match="draws"):
+        smoothing_metrics(tiny_vae, selector, data, draws=0)
+    with pytest.raises(TypeError, match="ImageDataset"):
+        selection_metrics(tiny_vae, selector, data.images)
 
 
 def test_load_selector_trains_once_then_loads(tmp_path, monkeypatch) -> None:
