@@ -24,13 +24,14 @@
 #            PuVAE beside it, and Tables 5-6 / Figure 5 on the GPU;
 #   puvae    puvae-mnist's training pipeline from scratch (scripts/train_mnist.py: recipes robust,
 #            finetune with the ensemble attack networks, then finetune-pgd) and its Table 2;
-#   certify  randomized smoothing behind puvae-mnist-smooth (docs/smoothing.md, issue 52), the part a
-#            CPU cannot afford (45 to 56 s per image at n = 10,000): the first CERT_LIMIT (500) test images,
-#            n = CERT_N (10,000), sigma 0.5 then 0.25 then 1.0, classifier A then B, each resuming from
+#   certify  randomized smoothing behind puvae-CERT_DATASET-smooth (CERT_DATASET: mnist, the default, or
+#            fashion-mnist; docs/smoothing.md, issue 52), the part a CPU cannot afford (45 to 56 s per
+#            image at n = 10,000): the first CERT_LIMIT (500) test images, n = CERT_N (10,000), sigma 0.5
+#            then 0.25 (then 1.0 on MNIST), classifier A then B, each resuming from
 #            docs/results/certify/progress (the cheap rows, the classifiers alone or retrained with
 #            noise, stay on the CPU: scripts/smoothing.sh certify). The tree must hold the
-#            denoiser: `scripts/device_tree.sh stash certify` keeps it, stashes every model the stage
-#            does not read (anchors too) and sends MNIST's test split only (about 61 MiB of the 64). n = 100,000 on 1,000
+#            denoiser: `scripts/device_tree.sh stash certify CERT_DATASET` keeps it, stashes every model the
+#            stage does not read (anchors too) and sends that data set's test split only (about 61 MiB of the 64). n = 100,000 on 1,000
 #            images would take about 70 min per configuration even on an H200: more than a task's time.
 # STAGES="tests bench table5 gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
@@ -45,7 +46,7 @@ BUDGET=${BUDGET:-560}                  # seconds for the whole command
 DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-tests bench table5 gan-eval gan-eval-fashion gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
-CERT_LIMIT=${CERT_LIMIT:-500}; CERT_N=${CERT_N:-10000}
+CERT_LIMIT=${CERT_LIMIT:-500}; CERT_N=${CERT_N:-10000}; CERT_DATASET=${CERT_DATASET:-mnist}
 if [ -n "$SMOKE" ]; then CERT_LIMIT=2; CERT_N=120; TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
     GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2); GAN_TIMING=(--grid 5x1 --gan-images 2)
 else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; GAN_SEARCH=()
@@ -187,14 +188,16 @@ if wants puvae && [ "$(left)" -gt 120 ]; then
     [ -f "$WORK/hub/puvae-mnist/model.safetensors" ] && evaluate table2_mnist --defenses puvae="$WORK/hub/puvae-mnist" \
         --classifiers A="$WORK/hub/mnist-classifier-a" B="$WORK/hub/mnist-classifier-b" --adaptive-limit 0
 fi
-if wants certify && [ -f hub/puvae-mnist-smooth/model.safetensors ]; then
+if wants certify && [ -f "hub/puvae-$CERT_DATASET-smooth/model.safetensors" ]; then
     mkdir -p "$WORK/results/certify/progress"
     if [ -z "$SMOKE" ]; then cp docs/results/certify/progress/*.json "$WORK/results/certify/progress/" 2>/dev/null; fi
-    for sigma in 0.5 0.25 1.0; do for clf in a b; do
+    sigmas="0.5 0.25 1.0"; [ "$CERT_DATASET" = mnist ] || sigmas="0.5 0.25"
+    for sigma in $sigmas; do for clf in a b; do
         [ "$(left)" -gt 30 ] || break 2
-        name=mnist_${clf^^}_smooth_sigma$sigma
-        timeout $(( $(left) - 10 )) python3 -m puvae_defense.cli certify --device "$DEVICE" --classifier hub/mnist-classifier-$clf \
-            --purifier hub/puvae-mnist-smooth --sigma $sigma --n $CERT_N --limit $CERT_LIMIT --batch-size 10000 \
+        name=${CERT_DATASET}_${clf^^}_smooth_sigma$sigma
+        timeout $(( $(left) - 10 )) python3 -m puvae_defense.cli certify --device "$DEVICE" --dataset "$CERT_DATASET" \
+            --classifier "hub/$CERT_DATASET-classifier-$clf" --purifier "hub/puvae-$CERT_DATASET-smooth" --sigma $sigma \
+            --n $CERT_N --limit $CERT_LIMIT --batch-size 10000 \
             --out "$WORK/results/certify" --name "$name" --progress "$WORK/results/certify/progress/$name.json" --quiet \
             >> "$WORK/logs/certify.log" 2>&1
         stamp "certify $name exit $?"

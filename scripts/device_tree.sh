@@ -3,29 +3,25 @@
 # carried MNIST archive, 64 MiB at most). Each bundled PuVAE is 54 MiB (MNIST, Fashion-MNIST),
 # so the weights that scripts/device_session.sh does not read stay behind:
 #   scripts/device_tree.sh stash          # before the device call: moves them to $STASH
-#   scripts/device_tree.sh stash certify  # for STAGES=certify: keeps puvae-mnist-smooth, stashes every other
-#                                         # model the stage does not read, carries MNIST's test split only
+#   scripts/device_tree.sh stash certify [DATASET]
+#                                         # for STAGES=certify (CERT_DATASET=DATASET, default mnist): keeps
+#                                         # puvae-DATASET-smooth and DATASET's classifiers A and B, stashes every
+#                                         # other model, carries DATASET's test split only
 #   scripts/device_tree.sh restore        # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
 FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/puvae-mnist-smooth/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
-if [ "${2:-}" = certify ]; then  # the certify stage reads classifiers A and B and the smoothing denoiser only
-    FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/defense-gan-mnist/model.safetensors
-           hub/defense-gan-fashion-mnist/model.safetensors hub/mnist-adv-classifier-a/model.safetensors
-           hub/mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-classifier-a/model.safetensors
-           hub/fashion-mnist-classifier-b/model.safetensors hub/fashion-mnist-adv-classifier-a/model.safetensors
-           hub/fashion-mnist-adv-classifier-b/model.safetensors hub/fashion-mnist-source/model.safetensors
-           hub/magnet-fashion-mnist/model.safetensors hub/mnist-source/model.safetensors
-           selectors/heldout-cw/model.safetensors selectors/heldout-cw-fashion-mnist/model.safetensors
-           .gpu/mnist-raw.tar.gz .gpu/fashion-mnist-test.tar.gz anchors/*/model.safetensors)  # anchors: CPU rows only
+CERT_DATASET=${3:-mnist}
+if [ "${2:-}" = certify ]; then  # the certify stage reads DATASET's classifiers A and B and its smoothing denoiser only
+    keep=" hub/puvae-$CERT_DATASET-smooth/model.safetensors hub/$CERT_DATASET-classifier-a/model.safetensors "
+    keep+="hub/$CERT_DATASET-classifier-b/model.safetensors "
+    [ -f "hub/puvae-$CERT_DATASET-smooth/model.safetensors" ] || { echo "no hub/puvae-$CERT_DATASET-smooth to certify with" >&2; exit 2; }
+    FILES=(.gpu/mnist-raw.tar.gz .gpu/mnist-test.tar.gz .gpu/fashion-mnist-test.tar.gz)  # re-made below for DATASET
+    while IFS= read -r f; do [[ $keep == *" $f "* ]] || FILES+=("$f"); done < <(git ls-files '*model.safetensors')
 fi
 case ${1:-} in
     stash)
         data=${PUVAE_DEFENSE_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/puvae-defense/data}
-        if [ "${2:-}" = certify ] && [ ! -f .gpu/mnist-test.tar.gz ]; then
-            mkdir -p .gpu && tar czf .gpu/mnist-test.tar.gz -C "$data/MNIST/raw" t10k-images-idx3-ubyte t10k-labels-idx1-ubyte &&
-                echo "wrote .gpu/mnist-test.tar.gz"
-        fi
         if [ "${2:-}" != certify ] && [ ! -f .gpu/mnist-raw.tar.gz ]; then  # MNIST for the device, carried: run(carry=[".gpu"])
             mkdir -p .gpu && tar czf .gpu/mnist-raw.tar.gz -C "$data/MNIST/raw" . && echo "wrote .gpu/mnist-raw.tar.gz"
         fi
@@ -36,7 +32,12 @@ case ${1:-} in
         fi
         for f in "${FILES[@]}"; do
             if [ -f "$f" ]; then mkdir -p "$STASH/$(dirname "$f")"; mv "$f" "$STASH/$f"; echo "stashed $f"; fi
-        done ;;
+        done
+        if [ "${2:-}" = certify ]; then  # the test split of the data set it certifies (after the stash moved any other)
+            raw=MNIST; [ "$CERT_DATASET" = fashion-mnist ] && raw=FashionMNIST
+            mkdir -p .gpu && tar czf ".gpu/$CERT_DATASET-test.tar.gz" -C "$data/$raw/raw" t10k-images-idx3-ubyte \
+                t10k-labels-idx1-ubyte && echo "wrote .gpu/$CERT_DATASET-test.tar.gz"
+        fi ;;
     restore)  # whatever either mode moved
         for f in $(cd "$STASH" 2>/dev/null && find . -type f | sed 's|^\./||'); do
             if [ -f "$STASH/$f" ]; then mv "$STASH/$f" "$f"; echo "restored $f"; fi
