@@ -102,6 +102,21 @@ Usage (the probe table of docs/training.md):
     python experiments/recipe_probe.py fp32-kl3 '{"lambda_kl": 3.0}'
     # Denoisers for randomized smoothing (docs/smoothing.md), each also with --metrics smoothing
     # --work runs/smooth-probes --out runs/smooth-probes/probes.jsonl:
+    python experiments/recipe_probe.py selector-alone --model none   # (no purifier: the selector on the noisy images)
+    python experiments/recipe_probe.py shipped-puvae-mnist --model hub/puvae-mnist
+    python experiments/recipe_probe.py smooth-ft-g1 '{"noise_kind": "gaussian", "input_noise": 1.0, "noise_fraction": 1.0}' \
+        --recipe finetune --init hub/puvae-mnist --n 20000 --epochs 1
+    python experiments/recipe_probe.py smooth-ft-g1-lr1e3 \
+        '{"noise_kind": "gaussian", "input_noise": 1.0, "noise_fraction": 1.0, "lr": 0.001}' \
+        --recipe finetune --init hub/puvae-mnist --n 20000 --epochs 1   # became recipe "smooth"
+    python experiments/recipe_probe.py smooth-ft-g1-lr1e3-eps0 --model runs/smooth-probes/smooth-ft-g1-lr1e3 --sigma-eps 0
+    python experiments/recipe_probe.py puvae-mnist-smooth-full --model runs/smoothing/puvae-mnist-smooth
+    # (scripts/smoothing.sh denoiser: recipe smooth from puvae-mnist on all 50,000 images), then from it:
+    python experiments/recipe_probe.py smooth-ft2 --recipe smooth --init hub/puvae-mnist-smooth --n 20000 --epochs 1
+    python experiments/recipe_probe.py smooth-ft2-fixed05 '{"noise_amplitude": "fixed", "input_noise": 0.5}' \
+        --recipe smooth --init hub/puvae-mnist-smooth --n 20000 --epochs 1
+    python experiments/recipe_probe.py smooth-ft2-proj300 '{"lambda_proj": 300.0}' \
+        --recipe smooth --init hub/puvae-mnist-smooth --n 20000 --epochs 1
 
 The JSON options come right after the name (argparse reads them as the second positional).
 """
@@ -116,6 +131,7 @@ from pathlib import Path
 import torch
 
 from puvae_defense import PuVAE, PuVAEConfig
+from puvae_defense.baselines import NoPurifier
 from puvae_defense.classifiers import PaperClassifier
 from puvae_defense.data import load_dataset
 from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector, selection_metrics, smoothing_metrics
@@ -139,7 +155,9 @@ def main() -> None:
     parser.add_argument("--selector", type=Path, default=None, help="default: the data set's held-out selector")
     parser.add_argument("--work", type=Path, default=Path("runs/probes"))
     parser.add_argument("--out", type=Path, default=Path("runs/probes.jsonl"))
-    parser.add_argument("--model", type=Path, default=None, help="score this trained PuVAE folder instead of training")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="score this trained PuVAE folder instead of training (`none`: no purifier, with "
+                             "--metrics smoothing only)")
     parser.add_argument("--val-images", type=int, default=1000)
     parser.add_argument("--sigma-eps", type=float, default=0.1,
                         help="the projection's sampling noise when scoring (paper: 0.1)")
@@ -156,7 +174,11 @@ def main() -> None:
     source_name = args.source or f"{args.dataset}-source"
     options, layers = json.loads(args.options), json.loads(args.config)
     folder = args.model or args.work / args.name
-    if (folder / "model.safetensors").is_file():
+    if str(args.model) == "none":
+        if args.metrics != "smoothing":
+            parser.error("--model none scores the selector alone, which only --metrics smoothing can")
+        vae, seconds = NoPurifier(), None
+    elif (folder / "model.safetensors").is_file():
         vae, seconds = PuVAE.from_pretrained(folder, dtype=torch.float32), None
     else:
         source = PaperClassifier.from_pretrained(source_name)  # only training needs it
@@ -169,6 +191,7 @@ def main() -> None:
                   **options)
         seconds = time.perf_counter() - start
         vae.save_pretrained(folder)
+    selector = selector.to(next(vae.parameters(), torch.empty(0)).device)  # fit leaves the PuVAE on its GPU
     trained = {"model": str(args.model)} if args.model else {
         "recipe": args.recipe, "options": options, "config": layers, "n": args.n, "epochs": args.epochs, "init": args.init,
         "source": source_name, "attack_models": args.attack_models}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .attacks import fgsm, ifgsm, random_targets
+from .baselines.base import ImagePurifier
 from .classifier import PurifiedClassifier
 from .classifiers import PaperClassifier, fit_classifier
 from .data import ImageDataset
@@ -125,7 +126,7 @@ SMOOTHING_SIGMAS: tuple[float, ...] = (0.25, 0.5, 1.0)
 
 
 def smoothing_metrics(
-    vae: PuVAE, selector: nn.Module, data: ImageDataset, *, sigmas: tuple[float, ...] = SMOOTHING_SIGMAS,
+    vae: PuVAE | ImagePurifier, selector: nn.Module, data: ImageDataset, *, sigmas: tuple[float, ...] = SMOOTHING_SIGMAS,
     draws: int = 2, seed: int = 1, sigma_eps: float = 0.1,
 ) -> dict[str, float]:
     """How a PuVAE serves the selector as the denoiser of randomized smoothing, on validation images.
@@ -134,6 +135,11 @@ def smoothing_metrics(
     classifier is right on Gaussian-noisy copies of the image, so that accuracy is what a
     denoiser is chosen by (a Monte-Carlo certificate per candidate would cost thousands of
     purifications per image).
+
+    ``vae`` is the candidate denoiser; any purifier :class:`PurifiedClassifier` takes works, and
+    ``baselines.NoPurifier()`` scores the selector alone, for scale. The noise and the purifier's
+    sampling share one generator per draw, so every PuVAE is scored on the same noisy copies; a
+    purifier that samples nothing sees other copies from the second batch on.
 
     Returns:
         ``clean``: the selector's accuracy (%) through the purifier on clean images;

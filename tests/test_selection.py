@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from puvae_defense import PuVAE
+from puvae_defense.baselines import NoPurifier
 from puvae_defense.selection import (
     SELECTOR_SETTINGS,
     choose_recipe,
@@ -69,6 +70,9 @@ def test_smoothing_metrics_score_clipped_gaussian_copies_averaged_over_draws(tin
     second = smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5,), draws=1, seed=4)["noisy_0.5"]
     assert both == pytest.approx((first + second) / 2)  # draw d uses seed + d
     assert set(smoothing_metrics(tiny_vae, selector, data, draws=1)) == {"clean", "noisy_0.25", "noisy_0.5", "noisy_1.0"}
+    alone = smoothing_metrics(NoPurifier(), selector, data, sigmas=(0.5,), draws=1, seed=3)  # the selector alone, for scale
+    with torch.no_grad():
+        assert alone["noisy_0.5"] == pytest.approx(100 * (selector(expected).argmax(1) == data.labels).float().mean().item())
     with pytest.raises(TypeError, match="ImageDataset"):
         smoothing_metrics(tiny_vae, selector, list(data))
     with pytest.raises(ValueError, match="sigmas"):
