@@ -33,6 +33,12 @@
 #            denoiser: `scripts/device_tree.sh stash certify CERT_DATASET` keeps it, stashes every model the
 #            stage does not read (anchors too) and sends that data set's test split only (about 61 MiB of the 64). n = 100,000 on 1,000
 #            images would take about 70 min per configuration even on an H200: more than a task's time.
+#   smooth-probes  the two denoisers docs/smoothing.md leaves untried for want of a GPU, trained from scratch
+#            on Gaussian-noisy inputs (recipe robust, s ~ U(0, 1), all 50,000 MNIST images, bf16, PROBE_EPOCHS
+#            (8) epochs): the paper's sizes, then a larger PuVAE (latent 64, 64 deconvolution channels, a
+#            1,024-wide decoder), each scored like the CPU probes (experiments/recipe_probe.py --metrics
+#            smoothing, the held-out selector, 1,000 validation images) into results/smooth_probes.jsonl;
+#            weights stay on the machine (`scripts/device_tree.sh stash`: the PuVAEs are not needed).
 # STAGES="tests bench table5 gan-eval gan-eval-fashion gan" (default) picks them. MNIST travels as .gpu/mnist-raw.tar.gz
 # (carried, git-ignored). Evaluations write their progress after every batch to
 # results/NAME.progress.json in the bundle; commit them to docs/results/progress/ (or carry
@@ -47,7 +53,8 @@ DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-tests bench table5 gan-eval gan-eval-fashion gan}
 SMOKE=${SMOKE:-}                       # non-empty: tiny run of every stage (to test this script on a CPU)
 CERT_LIMIT=${CERT_LIMIT:-500}; CERT_N=${CERT_N:-10000}; CERT_DATASET=${CERT_DATASET:-mnist}
-if [ -n "$SMOKE" ]; then CERT_LIMIT=2; CERT_N=120; TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
+PROBE_EPOCHS=${PROBE_EPOCHS:-8}; PROBE_N=50000; PROBE_VAL=1000
+if [ -n "$SMOKE" ]; then CERT_LIMIT=2; CERT_N=120; PROBE_EPOCHS=1; PROBE_N=40; PROBE_VAL=20; TRAIN_EXTRA=(--smoke); EVAL_EXTRA=(--limit 20 --adaptive-limit 2 --batch-size 10); REPEATS=1
     GAN_STEPS=3; GAN_IMAGES=0; GAN_VAL=1; GAN_SEARCH=(--gan-search 5x2); GAN_TIMING=(--grid 5x1 --gan-images 2)
 else TRAIN_EXTRA=(); EVAL_EXTRA=(); REPEATS=20; GAN_STEPS=20000; GAN_IMAGES=1000; GAN_VAL=500; GAN_SEARCH=()
     GAN_TIMING=(--gan-repeats 5); fi
@@ -202,6 +209,19 @@ if wants certify && [ -f "hub/puvae-$CERT_DATASET-smooth/model.safetensors" ]; t
             >> "$WORK/logs/certify.log" 2>&1
         stamp "certify $name exit $?"
     done; done
+fi
+if wants smooth-probes; then
+    noisy='{"noise_kind": "gaussian", "input_noise": 1.0, "noise_fraction": 1.0}'
+    for probe in "scratch-smooth {}" 'scratch-smooth-large {"latent_dim": 64, "deconv_channels": 64, "decoder_hidden": 1024}'; do
+        read -r name layers <<< "$probe"
+        [ "$(left)" -gt 90 ] || break
+        stamp "denoiser probe $name, $(left) s left"
+        timeout $(( $(left) - 20 )) python3 experiments/recipe_probe.py "$name-e$PROBE_EPOCHS" "$noisy" --config "$layers" \
+            --recipe robust --n $PROBE_N --epochs $PROBE_EPOCHS --amp bf16 --metrics smoothing --val-images $PROBE_VAL \
+            --work "$WORK/probes" --out "$WORK/results/smooth_probes.jsonl" >> "$WORK/logs/smooth_probes.log" 2>&1
+        stamp "denoiser probe $name exit $?"
+        bundle
+    done
 fi
 bundle
 cat "$WORK/logs/session.log"
