@@ -198,6 +198,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                    + (f", fine-tuned from {model.training_init['name']!r}" if model.training_init else "") + "). "
                    "Metrics are on the first validation images after the last epoch (percentages; rmse and kl raw).")
     (Path(args.out) / "README.md").write_text(model_card(name=name, model_type="puvae", dataset=args.dataset,
+                                                         load_as=str(args.out),
                                                          description=description, metrics=metrics,
                                                          training={k: json.dumps(v) if isinstance(v, dict) else v
                                                                    for k, v in training.items()}))

@@ -32,6 +32,7 @@ def model_card(
     training: Mapping[str, Any],
     body: str = "",
     license_id: str = "mit",
+    load_as: str | None = None,
 ) -> str:
     """Render a model card.
 
@@ -44,17 +45,20 @@ def model_card(
         training: facts about training (command, epochs, wall time, hardware, ...).
         body: more Markdown (results, limits).
         license_id: SPDX id of the weights' licence.
+        load_as: what the usage example loads the model by (default ``name``): the folder for a
+            model that is not a registered name, which ``from_pretrained(name)`` would not find.
     """
     from ._version import __version__
 
     purifier = model_type in ("puvae", "magnet", "defense-gan")
+    source = name if load_as is None else load_as
     usage = (
         "from puvae_defense import PurifiedClassifier\n"
-        f'model = PurifiedClassifier(my_net, "{name}")  # my_net: your classifier, inputs in [0, 1]\n'
+        f'model = PurifiedClassifier(my_net, "{source}")  # my_net: your classifier, inputs in [0, 1]\n'
         "logits = model(images)"
         if purifier
         else "from puvae_defense.classifiers import PaperClassifier\n"
-        f'net = PaperClassifier.from_pretrained("{name}")\n'
+        f'net = PaperClassifier.from_pretrained("{source}")\n'
         "logits = net(images)  # images: (B, 1, 28, 28) in [0, 1]"
     )
     front = ["---", "library_name: puvae-defense", f"license: {license_id}"]

@@ -281,6 +281,7 @@ class PretrainedMixin:
             metadata: JSON-ready facts (``name``, ``dataset``, ``description``, ``metrics``, ``training``)
                 stored in ``config.json`` and shown in the card, on top of what the model records itself.
         """
+        from .hub import is_registered_name
         from .model_card import model_card
 
         metadata = {**self._default_metadata(), **(metadata or {})}
@@ -288,8 +289,12 @@ class PretrainedMixin:
         assert isinstance(self, nn.Module)
         folder = save_folder(self, directory, model_type=self.model_type, config=self._config_dict(), dtype=dtype, extra=extra)
         training = metadata.get("training", {})
+        name = str(metadata.get("name", folder.resolve().name))
+        # The card loads the model by its registered name only when the caller gave that name (a
+        # bundled model); a folder that merely shares a registered name would load the wrong weights.
+        registered = "name" in metadata and is_registered_name(name)
         (folder / "README.md").write_text(model_card(
-            name=str(metadata.get("name", folder.resolve().name)), model_type=self.model_type,
+            name=name, model_type=self.model_type, load_as=None if registered else str(directory),
             dataset=str(metadata.get("dataset", "unknown")),
             description=str(metadata.get("description", f"A {self.model_type} model saved with puvae-defense.")),
             metrics={k: float(v) for k, v in metadata.get("metrics", {}).items() if isinstance(v, (int, float))},

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,20 @@ def test_round_trip_is_bit_identical(tmp_path, tiny_vae: PuVAE) -> None:
         assert k == k2 and torch.equal(a, b)
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "puvae" and config["torch_dtype"] == "float32"
+
+
+def test_the_card_loads_the_saved_folder_unless_given_a_registered_name(tmp_path, tiny_vae: PuVAE) -> None:
+    import re
+
+    def loads(folder: Path) -> str:
+        return re.search(r'PurifiedClassifier\(my_net, "([^"]+)"\)', (folder / "README.md").read_text()).group(1)
+
+    mine = tiny_vae.save_pretrained(tmp_path / "mine")
+    assert loads(mine) == str(tmp_path / "mine") and PuVAE.from_pretrained(loads(mine)).config == tiny_vae.config
+    shadow = tiny_vae.save_pretrained(tmp_path / "puvae-mnist")  # shares a registered name: still the folder
+    assert loads(shadow) == str(tmp_path / "puvae-mnist")
+    bundled = tiny_vae.save_pretrained(tmp_path / "b", metadata={"name": "puvae-mnist"})  # a bundling script's card
+    assert loads(bundled) == "puvae-mnist"
 
 
 def test_saving_the_same_weights_gives_the_same_bytes(tmp_path, tiny_vae: PuVAE) -> None:
