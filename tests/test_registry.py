@@ -24,7 +24,7 @@ def test_the_shipped_models_are_registered() -> None:
     for dataset in ("mnist", "fashion-mnist"):
         names = {f"puvae-{dataset}", f"{dataset}-classifier-a", f"{dataset}-classifier-b", f"{dataset}-source"}
         assert names <= set(hub.list_models())
-    assert hub.list_models("puvae") == ["puvae-fashion-mnist", "puvae-mnist", "puvae-mnist-smooth"]
+    assert hub.list_models("puvae") == ["puvae-fashion-mnist", "puvae-fashion-mnist-smooth", "puvae-mnist", "puvae-mnist-smooth"]
 
 
 @pytest.mark.parametrize("name", hub.list_models())
