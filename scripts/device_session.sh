@@ -31,7 +31,8 @@
 #            docs/results/certify/progress (the cheap rows, the classifiers alone or retrained with
 #            noise, stay on the CPU: scripts/smoothing.sh certify). The tree must hold the
 #            denoiser: `scripts/device_tree.sh stash certify CERT_DATASET` keeps it, stashes every model the
-#            stage does not read (anchors too) and sends that data set's test split only (about 61 MiB of the 64). n = 100,000 on 1,000
+#            stage does not read (anchors too) and sends that data set's test split only (MNIST: about 61 MiB
+#            of the 64; Fashion-MNIST: one classifier at a time, `stash certify fashion-mnist a`). n = 100,000 on 1,000
 #            images would take about 70 min per configuration even on an H200: more than a task's time.
 #   smooth-probes  the two denoisers docs/smoothing.md leaves untried for want of a GPU, trained from scratch
 #            on Gaussian-noisy inputs (recipe robust, s ~ U(0, 1), all 50,000 MNIST images, bf16, PROBE_EPOCHS
@@ -201,6 +202,7 @@ if wants certify && [ -f "hub/puvae-$CERT_DATASET-smooth/model.safetensors" ]; t
     sigmas="0.5 0.25 1.0"; [ "$CERT_DATASET" = mnist ] || sigmas="0.5 0.25"
     for sigma in $sigmas; do for clf in a b; do
         [ "$(left)" -gt 30 ] || break 2
+        [ -f "hub/$CERT_DATASET-classifier-$clf/model.safetensors" ] || continue  # stashed: another session's
         name=${CERT_DATASET}_${clf^^}_smooth_sigma$sigma
         timeout $(( $(left) - 10 )) python3 -m puvae_defense.cli certify --device "$DEVICE" --dataset "$CERT_DATASET" \
             --classifier "hub/$CERT_DATASET-classifier-$clf" --purifier "hub/puvae-$CERT_DATASET-smooth" --sigma $sigma \

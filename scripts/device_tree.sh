@@ -3,18 +3,20 @@
 # carried MNIST archive, 64 MiB at most). Each bundled PuVAE is 54 MiB (MNIST, Fashion-MNIST),
 # so the weights that scripts/device_session.sh does not read stay behind:
 #   scripts/device_tree.sh stash          # before the device call: moves them to $STASH
-#   scripts/device_tree.sh stash certify [DATASET]
+#   scripts/device_tree.sh stash certify [DATASET [CLASSIFIERS]]
 #                                         # for STAGES=certify (CERT_DATASET=DATASET, default mnist): keeps
-#                                         # puvae-DATASET-smooth and DATASET's classifiers A and B, stashes every
-#                                         # other model, carries DATASET's test split only
+#                                         # puvae-DATASET-smooth and DATASET's classifiers (CLASSIFIERS, default
+#                                         # "a b"; the stage skips the others), stashes every other model, carries
+#                                         # DATASET's test split only. Fashion-MNIST's test split is 4 MiB, so
+#                                         # there it fits with one classifier: `stash certify fashion-mnist a`
 #   scripts/device_tree.sh restore        # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
 FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/puvae-mnist-smooth/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
 CERT_DATASET=${3:-mnist}
-if [ "${2:-}" = certify ]; then  # the certify stage reads DATASET's classifiers A and B and its smoothing denoiser only
-    keep=" hub/puvae-$CERT_DATASET-smooth/model.safetensors hub/$CERT_DATASET-classifier-a/model.safetensors "
-    keep+="hub/$CERT_DATASET-classifier-b/model.safetensors "
+if [ "${2:-}" = certify ]; then  # the certify stage reads DATASET's classifiers and its smoothing denoiser only
+    keep=" hub/puvae-$CERT_DATASET-smooth/model.safetensors "
+    for clf in ${4:-a b}; do keep+="hub/$CERT_DATASET-classifier-$clf/model.safetensors "; done
     [ -f "hub/puvae-$CERT_DATASET-smooth/model.safetensors" ] || { echo "no hub/puvae-$CERT_DATASET-smooth to certify with" >&2; exit 2; }
     FILES=(.gpu/mnist-raw.tar.gz .gpu/mnist-test.tar.gz .gpu/fashion-mnist-test.tar.gz)  # re-made below for DATASET
     while IFS= read -r f; do [[ $keep == *" $f "* ]] || FILES+=("$f"); done < <(git ls-files '*model.safetensors')
@@ -47,3 +49,6 @@ esac
 bytes=$(git ls-files -z | while IFS= read -r -d '' f; do [ -f "$f" ] && stat -c %s "$f"; done | awk '{s += $1} END {print s}')
 carried=$(cat .gpu/*.tar.gz 2>/dev/null | wc -c)
 echo "tracked files present: $(( bytes / 1048576 )) MiB, carried data (.gpu): $(( carried / 1048576 )) MiB (limit 64 MiB)"
+if [ "${1:-}" = stash ] && [ $(( bytes + carried )) -gt $(( 64 * 1048576 )) ]; then
+    echo "over the device tool's 64 MiB by $(( (bytes + carried - 64 * 1048576) / 1024 )) KiB: stash more" >&2; exit 1
+fi
