@@ -6,11 +6,13 @@ received and how to fix it; none of them silently changes the data.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 
-__all__ = ["RANGE_TOLERANCE", "check_images", "check_labels", "cpu_has_bf16", "not_a_tensor", "warn_if_emulated_bf16"]
+__all__ = ["RANGE_TOLERANCE", "check_count", "check_images", "check_labels", "check_sigma", "cpu_has_bf16", "not_a_tensor",
+           "warn_if_emulated_bf16"]
 
 #: Values this far outside [0, 1] are accepted (rounding of upstream transforms).
 RANGE_TOLERANCE = 1e-3
@@ -76,6 +78,20 @@ def check_images(
                 "applied after purification)"
             )
     return images
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``, else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_sigma(value: object, name: str = "sigma") -> float:
+    """``value`` as a float if it is a finite positive number (a Gaussian noise level), else a ``ValueError``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
 
 
 def check_labels(labels: object, batch: int, num_classes: int, *, name: str = "labels") -> torch.Tensor:

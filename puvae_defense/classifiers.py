@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._checks import check_sigma
 from .serialization import PretrainedMixin
 
 __all__ = ["ARCHITECTURES", "ClassifierConfig", "PaperClassifier", "accuracy", "fit_classifier", "gaussian_noise_objective",
@@ -160,8 +161,7 @@ def gaussian_noise_objective(sigma: float) -> Callable[[nn.Module, torch.Tensor,
     """Cross-entropy on ``clip(x + sigma * N(0, I), 0, 1)``: Cohen et al.'s (2019) training of a base
     classifier for randomized smoothing at ``sigma`` (every image noisy, a fresh draw each step),
     clipped as :class:`~puvae_defense.smoothing.SmoothedClassifier` clips by default."""
-    if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
+    check_sigma(sigma)
 
     def objective(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         noisy = (images + sigma * torch.randn_like(images)).clamp(0, 1)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._checks import check_count, check_sigma
 from .attacks import fgsm, ifgsm, random_targets
 from .baselines.base import ImagePurifier
 from .classifier import PurifiedClassifier
@@ -146,10 +147,11 @@ def smoothing_metrics(
         ``noisy_<sigma>``: the same on ``clip(x + sigma * N(0, I))``, averaged over ``draws`` noise draws.
     """
     data = _check_data(data)
-    if not sigmas or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in sigmas):
-        raise ValueError(f"sigmas must be positive noise levels, got {sigmas!r}")
-    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
-        raise ValueError(f"draws must be a positive integer, got {draws!r}")
+    if not sigmas:
+        raise ValueError("sigmas must name at least one noise level, got none")
+    for index, sigma in enumerate(sigmas):
+        check_sigma(sigma, f"sigmas[{index}]")
+    check_count("draws", draws)
     defended = PurifiedClassifier(selector, vae, sigma_eps=sigma_eps)
     metrics = {"clean": defended_accuracy(defended, data, seed=seed)}
     for sigma in sigmas:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import not_a_tensor
+from ._checks import check_count, check_sigma, not_a_tensor
 
 __all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "binomial_p_value", "certified_accuracy",
            "clopper_pearson_lower", "radius_bound"]
@@ -98,12 +98,6 @@ def certified_accuracy(certificate: Certificate, labels: torch.Tensor, radius: f
 
 
 # ---------------------------------------------------------------------------- the classifier
-def _check_count(name: str, value: object, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 class SmoothedClassifier:
     """The Gaussian-smoothed version of a base classifier, estimated by Monte Carlo.
 
@@ -136,11 +130,9 @@ class SmoothedClassifier:
     ) -> None:
         if not callable(base):
             raise TypeError(f"base must be a callable classifier, got {type(base).__name__}")
-        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not (math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a finite positive number, got {sigma!r}")
         self.base = base
-        self.sigma = float(sigma)
-        self.batch_size = _check_count("batch_size", batch_size)
+        self.sigma = check_sigma(sigma)
+        self.batch_size = check_count("batch_size", batch_size)
         self.clip = bool(clip)
         self.progress = bool(progress)
 
@@ -161,7 +153,7 @@ class SmoothedClassifier:
         Returns:
             ``(B,)`` int64 labels, -1 where it abstains.
         """
-        _check_count("n", n)
+        check_count("n", n)
         alpha = _check_alpha(alpha)
         counts = self.vote_counts(images, n, generator=generator)
         if counts.shape[0] == 0:
@@ -191,8 +183,8 @@ class SmoothedClassifier:
         Returns:
             :class:`Certificate` ``(labels, radii)``; label -1 and radius 0 where it abstains.
         """
-        _check_count("n0", n0)
-        _check_count("n", n)
+        check_count("n0", n0)
+        check_count("n", n)
         if n0 > n:
             raise ValueError(f"n0 (copies to choose the class, {n0}) must not exceed n (copies for the bound, {n})")
         alpha = _check_alpha(alpha)
@@ -218,7 +210,7 @@ class SmoothedClassifier:
         (copies of several images share a batch when ``n`` is smaller than ``batch_size``).
         """
         _check_images(images)
-        _check_count("n", n)
+        check_count("n", n)
         batch = images.shape[0]
         total = batch * n
         counts: torch.Tensor | None = None

@@ -77,6 +77,10 @@ def test_smoothing_metrics_score_clipped_gaussian_copies_averaged_over_draws(tin
         smoothing_metrics(tiny_vae, selector, list(data))
     with pytest.raises(ValueError, match="sigmas"):
         smoothing_metrics(tiny_vae, selector, data, sigmas=(0.5, 0.0))
+    with pytest.raises(ValueError, match="sigmas"):
+        smoothing_metrics(tiny_vae, selector, data, sigmas=(float("inf"),))
+    with pytest.raises(ValueError, match="sigmas"):
+        smoothing_metrics(tiny_vae, selector, data, sigmas=())
     with pytest.raises(ValueError, match="draws"):
         smoothing_metrics(tiny_vae, selector, data, draws=0)
     with pytest.raises(TypeError, match="ImageDataset"):
