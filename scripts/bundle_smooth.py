@@ -23,13 +23,12 @@ import torch
 from puvae_defense import PurifiedClassifier, PuVAE
 from puvae_defense.classifiers import PaperClassifier, accuracy
 from puvae_defense.data import HUB_DATASET_IDS, load_dataset
+from puvae_defense.evaluation import PAPER_DATASETS
 from puvae_defense.model_card import model_card
 from puvae_defense.selection import SELECTOR_EPOCHS, default_selector_path, load_selector, smoothing_metrics
 from puvae_defense.serialization import CONFIG_NAME, WEIGHTS_NAME, read_metadata, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-#: How the data sets are named in the model cards.
-TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 #: How the recipe was chosen, per data set (on the validation split, the last 10,000 training images).
 CHOSEN = {"mnist": "recipe chosen on the last 10,000",
           "fashion-mnist": "MNIST's recipe, preferred on the last 10,000 to puvae-fashion-mnist at every sigma"}
@@ -46,7 +45,7 @@ def description(dataset: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trained", type=Path, help="the folder `puvae-defense train --recipe smooth` wrote")
-    parser.add_argument("--dataset", default="mnist", choices=sorted(TITLES))
+    parser.add_argument("--dataset", default="mnist", choices=sorted(CHOSEN))
     args = parser.parse_args()
     model_name, text = f"puvae-{args.dataset}-smooth", description(args.dataset)
     vae = PuVAE.from_pretrained(args.trained)
@@ -63,7 +62,7 @@ def main() -> None:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         shutil.copyfile(args.trained / name, folder / name)
     metadata = read_metadata(folder)
-    training = {**metadata["training"], "data": f"{TITLES[args.dataset]}, first 50,000 training images; {CHOSEN[args.dataset]}"}
+    training = {**metadata["training"], "data": f"{PAPER_DATASETS[args.dataset][0]}, first 50,000 training images; {CHOSEN[args.dataset]}"}
     hub_dataset = HUB_DATASET_IDS[args.dataset]
     write_metadata(folder, {**metadata, "name": model_name, "dataset": hub_dataset, "description": text, "metrics": metrics,
                             "training": training})

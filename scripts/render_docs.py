@@ -647,9 +647,6 @@ def denoiser_diagnosis(dataset: str = "mnist") -> str:
     return "\n".join(lines)
 
 
-#: How the data sets are named in figure titles.
-DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
-
 #: Certification configurations (docs/smoothing.md), in the order of issue 52's (a)-(e).
 CERTIFY_CONFIGS = {"alone": "(a) {clf} smoothed alone", "puvae": "(b) {clf} behind puvae-{dataset}",
                    "smooth": "(c) {clf} behind puvae-{dataset}-smooth", "magnet": "(d) {clf} behind MagNet's reformer",
@@ -724,7 +721,7 @@ def certification_figure(dataset: str = "mnist") -> Path | None:
     styles = {label.format(clf=clf, dataset=dataset): {"color": colour, "linestyle": "-" if clf == "A" else "--"}
               for label, colour in zip(CERTIFY_CONFIGS.values(), colours, strict=True) for clf in "AB"}
     return certified_figure(rows, ROOT / "docs" / f"certified_{dataset}.png", styles=styles,
-                            title=f"{DATASET_TITLES[dataset]}: randomized smoothing, first test images")
+                            title=f"{PAPER_DATASETS[dataset][0]}: randomized smoothing, first test images")
 
 
 def _replace(path: Path, name: str, body: str) -> None:
