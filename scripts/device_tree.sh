@@ -12,7 +12,8 @@
 #   scripts/device_tree.sh restore        # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
-FILES=(hub/puvae-mnist/model.safetensors hub/puvae-fashion-mnist/model.safetensors hub/puvae-mnist-smooth/model.safetensors)  # the Defense-GANs (3 MiB each) stay: gan-eval reads them
+# Every bundled PuVAE (54 MiB each), whatever is registered; the Defense-GANs (3 MiB each) stay: gan-eval reads them
+mapfile -t FILES < <(git ls-files 'hub/puvae-*/model.safetensors')
 CERT_DATASET=${3:-mnist}
 if [ "${2:-}" = certify ]; then  # the certify stage reads DATASET's classifiers and its smoothing denoiser only
     keep=" hub/puvae-$CERT_DATASET-smooth/model.safetensors "
