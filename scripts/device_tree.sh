@@ -12,8 +12,9 @@
 #   scripts/device_tree.sh restore        # after it (or: git checkout -- hub)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
-# Every bundled PuVAE (54 MiB each), whatever is registered; the Defense-GANs (3 MiB each) stay: gan-eval reads them
-mapfile -t FILES < <(git ls-files 'hub/puvae-*/model.safetensors')
+# Every bundled PuVAE (54 MiB each), whatever is registered, and the certification anchors (2 MiB each; only
+# scripts/smoothing.sh on the CPU reads them); the Defense-GANs (3 MiB each) stay: gan-eval reads them
+mapfile -t FILES < <(git ls-files 'hub/puvae-*/model.safetensors' 'anchors/*/model.safetensors')
 CERT_DATASET=${3:-mnist}
 if [ "${2:-}" = certify ]; then  # the certify stage reads DATASET's classifiers and its smoothing denoiser only
     keep=" hub/puvae-$CERT_DATASET-smooth/model.safetensors "
