@@ -9,7 +9,7 @@
 #                                         # "a b"; the stage skips the others), stashes every other model, carries
 #                                         # DATASET's test split only. Fashion-MNIST's test split is 4 MiB, so
 #                                         # there it fits with one classifier: `stash certify fashion-mnist a`
-#   scripts/device_tree.sh restore        # after it (or: git checkout -- hub)
+#   scripts/device_tree.sh restore        # after it (or: git checkout -- hub anchors)
 set -eu
 STASH=${STASH:-/tmp/puvae-device-stash}
 # Every bundled PuVAE (54 MiB each), whatever is registered, and the certification anchors (2 MiB each; only
