@@ -111,6 +111,11 @@ def check_labels(labels: object, batch: int, num_classes: int, *, name: str = "l
     return labels.long()
 
 
+#: Arithmetic of a network's forward passes where a caller may choose it (Defense-GAN's projection,
+#: :class:`~puvae_defense.SmoothedClassifier`'s base classifier): float32, or bfloat16 autocast.
+PRECISIONS = ("fp32", "bf16")
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bfloat16 arithmetic units that oneDNN uses (AVX-512 bf16 or AMX)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -96,6 +96,12 @@ def test_certify_command(tmp_path, tiny_vae: PuVAE, mnist_root, capsys) -> None:
     assert main([*common[:-1], "--limit", "4", "--quiet", "--purifier", str(tmp_path / "same-weights"), "--name", "t",
                  "--progress", str(tmp_path / "p.json")]) == 0
     assert json.loads((tmp_path / "out" / "t.json").read_text())["images"]["radii"][:3] == report["images"]["radii"]
+    capsys.readouterr()
+    assert main([*common, "--purifier", str(tmp_path / "vae"), "--name", "t", "--progress", str(tmp_path / "p.json"),
+                 "--precision", "bf16"]) == 2  # bf16 is another base classifier: never mixed in
+    assert "holds the progress of another certification run" in capsys.readouterr().err
+    assert main([*common, "--name", "b", "--precision", "bf16"]) == 0
+    assert json.loads((tmp_path / "out" / "b.json").read_text())["meta"]["key"]["precision"] == "bf16"
     assert main(common) == 0  # the classifier alone, default name
     assert (tmp_path / "out" / "certify_mnist_clf_none_sigma0.5.json").is_file()
     with pytest.raises(SystemExit, match="n0 .50. must not exceed n .20."):

@@ -127,6 +127,31 @@ def test_copies_are_classified_in_bounded_batches_and_clipped() -> None:
     assert min(low for low, _ in ranges) >= 0.0 and max(high for _, high in ranges) <= 1.0
 
 
+def test_bf16_runs_the_base_classifier_under_autocast() -> None:
+    seen: list[torch.dtype] = []
+
+    def base(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype)
+        return torch.zeros(x.shape[0], 2)
+
+    SmoothedClassifier(base, sigma=0.5).vote_counts(torch.rand(2, 1, 4, 4), 3)
+    SmoothedClassifier(base, sigma=0.5, precision="bf16").vote_counts(torch.rand(2, 1, 4, 4), 3)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert not torch.is_autocast_enabled("cpu")  # and only while it classifies
+
+
+def test_bf16_certifies_a_linear_classifier_within_its_margin() -> None:
+    base = _halfspace()
+    images = _images((0.4, 0.2), (0.0, 0.05))  # margins 0.2 and -0.16
+    margin = base.margin(images).abs()
+    for precision in ("fp32", "bf16"):
+        smoothed = SmoothedClassifier(base, sigma=0.25, clip=False, batch_size=4096, precision=precision)
+        labels, radii = smoothed.certify(images, n0=100, n=20_000, generator=torch.Generator().manual_seed(0))
+        assert labels.tolist() == [1, 0]
+        assert bool((radii <= margin.double() + 0.01).all()) and bool((radii > margin.double() - 0.03).all())
+    assert "precision='bf16'" in repr(smoothed)
+
+
 def test_certified_accuracy_counts_right_labels_with_enough_radius() -> None:
     certificate = Certificate(torch.tensor([1, 0, ABSTAIN, 2]), torch.tensor([0.5, 1.0, 0.0, 0.2], dtype=torch.float64))
     labels = torch.tensor([1, 1, 0, 2])
@@ -158,7 +183,8 @@ def test_empty_batches() -> None:
     ("kwargs", "message"),
     [({"sigma": 0.0}, "sigma must be a finite positive"), ({"sigma": -1.0}, "sigma must be a finite positive"),
      ({"sigma": math.inf}, "sigma must be a finite positive"), ({"sigma": math.nan}, "sigma must be a finite positive"),
-     ({"sigma": 0.5, "batch_size": 0}, "batch_size must be an integer >= 1")],
+     ({"sigma": 0.5, "batch_size": 0}, "batch_size must be an integer >= 1"),
+     ({"sigma": 0.5, "precision": "fp16"}, r"precision must be one of \('fp32', 'bf16'\), got 'fp16'")],
 )
 def test_bad_settings_are_clear_errors(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .._checks import check_images, warn_if_emulated_bf16
+from .._checks import PRECISIONS, check_images, warn_if_emulated_bf16
 from ..checkpoints import load_checkpoint, read_metadata, resume, save_checkpoint
 from ..serialization import PretrainedMixin
 from .base import ImagePurifier
@@ -37,8 +37,6 @@ from .base import ImagePurifier
 __all__ = ["DefenseGANConfig", "DefenseGAN", "GANSearch", "TrackedProjection", "Critic", "fit_defense_gan",
            "parse_search", "PRECISIONS"]
 
-#: Arithmetic of the projection's generator passes (``DefenseGANConfig.precision``).
-PRECISIONS = ("fp32", "bf16")
 
 
 def parse_search(text: str) -> tuple[int, int]:
