@@ -713,8 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--sigma-eps", type=_sigma_eps, default=0.1, help="PuVAE's sampling noise (default 0.1)")
     cert.add_argument("--seed", type=_count, default=0, help="image i's noise is seeded with seed * 1000003 + i (default 0)")
     cert.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                      help="arithmetic of the base classifier (default fp32); bf16 autocast is faster on a GPU or a "
-                           "CPU with bf16 units and certifies the classifier in that arithmetic (recorded in the report)")
+                      help="arithmetic of the base classifier (default fp32); bf16 autocast (1.5x faster on a CPU with "
+                           "bf16 units in docs/smoothing.md) certifies the classifier in that arithmetic (recorded in the report)")
     cert.add_argument("--device", default="cpu", help="default cpu")
     cert.add_argument("--data-root", default=None)
     cert.add_argument("--data", default=None, metavar="PATH",

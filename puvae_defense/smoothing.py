@@ -111,7 +111,7 @@ class SmoothedClassifier:
         clip: clip the noisy copies to [0, 1] (needed for a PuVAE base; part of the base classifier).
         progress: show a progress bar over the noisy copies.
         precision: ``"fp32"``, or ``"bf16"`` to run the base classifier under bfloat16 autocast
-            (faster on a GPU or a CPU with bf16 units, see docs/smoothing.md). The certificates stay
+            (1.5x faster on a CPU with bf16 units in docs/smoothing.md). The certificates stay
             valid, for the base classifier in that arithmetic: compare them only with ones made in
             the same precision.
 
