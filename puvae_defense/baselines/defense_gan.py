@@ -38,7 +38,6 @@ __all__ = ["DefenseGANConfig", "DefenseGAN", "GANSearch", "TrackedProjection", "
            "parse_search", "PRECISIONS"]
 
 
-
 def parse_search(text: str) -> tuple[int, int]:
     """``"200x20"`` -> ``(200, 20)``: a projection's ``L`` steps and ``R`` restarts, as written
     in the paper's tables; anything else raises ``ValueError`` naming it."""
