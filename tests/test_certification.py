@@ -10,7 +10,8 @@ from torch import nn
 
 from conftest import synthetic_dataset
 from puvae_defense import PuVAE
-from puvae_defense.certification import CertifySettings, certification_markdown, certify_dataset
+from puvae_defense.certification import (CertifySettings, certification_markdown, certify_dataset, compare_reports,
+                                         sign_test)
 from puvae_defense.classifiers import ClassifierConfig, PaperClassifier, gaussian_noise_objective
 from puvae_defense.cli import main
 from puvae_defense.smoothing import SmoothedClassifier, radius_bound
@@ -149,3 +150,40 @@ def test_a_randomised_base_resumes_to_the_same_numbers(tmp_path) -> None:
     torch.manual_seed(456)
     resumed = certify_dataset(smoothed, data, settings, progress_file=tmp_path / "p.json", show_progress=False)
     assert resumed["images"] == whole["images"]
+
+
+def test_sign_test_matches_the_binomial_tails() -> None:
+    assert sign_test(0, 5) == pytest.approx(2 / 32) and sign_test(5, 0) == sign_test(0, 5)
+    assert sign_test(1, 4) == pytest.approx(2 * (1 + 5) / 32)  # P(X <= 1) + P(X >= 4) for 5 fair flips
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(0, 10) == pytest.approx(2 / 1024)
+    with pytest.raises(ValueError, match="counts"):
+        sign_test(-1, 2)
+
+
+def _report(labels: list[int], certified: list[int], radii: list[float], largest: float = 2.0) -> dict:
+    return {"meta": {"largest_radius": largest},
+            "images": {"labels": labels, "certified": certified, "radii": radii}}
+
+
+def test_compare_reports_counts_the_images_one_certifies_and_the_other_not() -> None:
+    labels = [0, 1, 2, 3, 4, 5]
+    first = _report(labels, [0, 1, 2, 9, -1, 5], [1.0, 0.3, 0.6, 1.2, 0.0, 0.9])
+    second = _report(labels + [6], [0, 1, -1, 3, 4, 5, 6], [0.2, 0.8, 0.0, 1.2, 0.6, 0.9, 1.0], largest=1.6)
+    by_radius = {c.radius: c for c in compare_reports(first, second)}
+    assert sorted(by_radius) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]  # 2.0 is beyond the second's n
+    zero = by_radius[0.0]  # first right on 0, 1, 2, 5; second on 0, 1, 3, 4, 5 (its 7th image is not shared)
+    assert (zero.images, zero.only_first, zero.only_second) == (6, 1, 2)
+    assert zero.first == pytest.approx(400 / 6) and zero.second == pytest.approx(500 / 6)
+    assert zero.p_value == pytest.approx(sign_test(1, 2))
+    half = by_radius[0.5]  # first: 0, 2, 5; second: 1, 3, 4, 5
+    assert (half.only_first, half.only_second) == (2, 3)
+    assert (by_radius[1.0].only_first, by_radius[1.0].only_second) == (1, 1)  # first: 0; second: 3
+    assert all(c.only_first == c.only_second == 0 for c in compare_reports(first, first))
+
+
+def test_compare_reports_refuses_other_images() -> None:
+    with pytest.raises(ValueError, match="not the same images"):
+        compare_reports(_report([0, 1], [0, 1], [1.0, 1.0]), _report([1, 0], [1, 0], [1.0, 1.0]))
+    with pytest.raises(ValueError, match="no certified image"):
+        compare_reports(_report([], [], []), _report([0], [0], [1.0]))

@@ -346,3 +346,19 @@ def test_certification_rows_are_labelled_and_ordered(render, tmp_path) -> None:
 
 def test_certification_says_when_nothing_was_certified(render, tmp_path) -> None:
     assert render.certification("mnist").startswith("No certification has been run yet")
+
+
+def test_certification_paired_counts_images_and_sums_the_target_sigmas(render, tmp_path) -> None:
+    (tmp_path / "certify").mkdir()
+    assert render.certification_paired() == "No pair of rows to compare has been certified yet."
+    for name, report in (("mnist_A_smooth_sigma0.5", _certify_report(0.5, [0, 0, 0, -1], [0.9, 0.3, 0.6, 0.0])),
+                         ("mnist_A_retrained_sigma0.5", _certify_report(0.5, [0, 0, 0, 0], [0.9, 0.6, 0.6, 0.7])),
+                         ("mnist_A_retrained_sigma0.25", _certify_report(0.25, [0, 0, 0, 0], [0.3, 0.3, 0.3, 0.3])),
+                         ("mnist_A_smooth_sigma0.25", _certify_report(0.25, [0, 0, -1, -1], [0.3, 0.3, 0.0, 0.0])),
+                         ("mnist_A_smooth_sigma1.0", _certify_report(1.0, [0, 0], [0.1, 0.1]))):
+        _write(tmp_path / "certify", f"{name}.json", report)
+    table = render.certification_paired(radii=(0.0, 0.5, 1.5))
+    assert "| 0.5 | A | (c) - (e) | 4 | -25 (0:1, p 1) | -50 (0:2, p 0.5) | +0 (0:0, p 1) |" in table
+    assert "| 0.25 | A | (c) - (e) | 4 | -50 (0:2, p 0.5) | +0 (0:0, p 1) | - |" in table  # 1.5 is beyond sigma 0.25's n
+    assert "| 0.25 + 0.5 | A | (c) - (e) | summed | (0:3, p 0.25) | (0:2, p 0.5) | (0:0, p 1) |" in table
+    assert "(c) - (a)" not in table and "| 1 |" not in table  # no row (a); sigma 1.0 has no anchor to compare with
