@@ -26,7 +26,7 @@ from .evaluation import _device_name
 from .smoothing import ABSTAIN, Certificate, SmoothedClassifier, certified_accuracy, radius_bound
 
 __all__ = ["CertifySettings", "PairedComparison", "REPORT_RADII", "certification_markdown", "certify_dataset",
-           "compare_reports", "sign_test", "summarize"]
+           "compare_reports", "comparison_markdown", "sign_test", "summarize"]
 
 #: The radii of the report's table (Cohen et al.'s MNIST figures reach 2.0 at sigma 0.5 and 1.0).
 REPORT_RADII: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -218,11 +218,23 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def _hits(report: Mapping[str, Any], count: int, radius: float) -> list[bool]:
-    images = report["images"]
+def _report_images(report: Any, which: str) -> tuple[list[int], list[int], list[float], float]:
+    """A report's labels, certified classes, radii and largest certifiable radius, or a clear error."""
+    try:
+        images = report["images"]
+        labels, certified, radii = list(images["labels"]), list(images["certified"]), list(images["radii"])
+        largest = float(report["meta"]["largest_radius"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"the {which} report is not a certification report (images.labels, images.certified, "
+                         "images.radii and meta.largest_radius, as certify_dataset writes them)") from None
+    if not len(labels) == len(certified) == len(radii):
+        raise ValueError(f"the {which} report has {len(labels)} labels, {len(certified)} classes and {len(radii)} radii")
+    return labels, certified, radii, largest
+
+
+def _hits(certified: list[int], labels: list[int], radii: list[float], radius: float) -> list[bool]:
     return [label == truth and label != ABSTAIN and reach >= radius
-            for label, truth, reach in zip(images["certified"][:count], images["labels"][:count],
-                                             images["radii"][:count], strict=True)]
+            for label, truth, reach in zip(certified, labels, radii, strict=True)]
 
 
 def compare_reports(first: Mapping[str, Any], second: Mapping[str, Any],
@@ -236,18 +248,21 @@ def compare_reports(first: Mapping[str, Any], second: Mapping[str, Any],
     can certify are left out.
 
     Raises:
-        ValueError: when the reports' first images do not carry the same labels (not the same
-            data set) or either report has no image.
+        ValueError: when either is not a certification report or has no image, or when the reports'
+            first images do not carry the same labels (not the same data set).
     """
-    count = min(len(first["images"]["labels"]), len(second["images"]["labels"]))
+    labels, certified_first, radii_first, largest_first = _report_images(first, "first")
+    other, certified_second, radii_second, largest_second = _report_images(second, "second")
+    count = min(len(labels), len(other))
     if count == 0:
         raise ValueError("a report to compare has no certified image")
-    if first["images"]["labels"][:count] != second["images"]["labels"][:count]:
+    if labels[:count] != other[:count]:
         raise ValueError("the two reports' first images carry different labels: not the same images")
-    largest = min(first["meta"]["largest_radius"], second["meta"]["largest_radius"])
+    labels = labels[:count]
     comparisons = []
-    for radius in (r for r in radii if r <= largest):
-        hits_first, hits_second = _hits(first, count, radius), _hits(second, count, radius)
+    for radius in (r for r in radii if r <= min(largest_first, largest_second)):
+        hits_first = _hits(certified_first[:count], labels, radii_first[:count], radius)
+        hits_second = _hits(certified_second[:count], labels, radii_second[:count], radius)
         only_first = sum(a and not b for a, b in zip(hits_first, hits_second, strict=True))
         only_second = sum(b and not a for a, b in zip(hits_first, hits_second, strict=True))
         comparisons.append(PairedComparison(
@@ -255,3 +270,12 @@ def compare_reports(first: Mapping[str, Any], second: Mapping[str, Any],
             second=100.0 * sum(hits_second) / count, only_first=only_first, only_second=only_second,
             p_value=sign_test(only_first, only_second)))
     return comparisons
+
+
+def comparison_markdown(comparisons: Sequence[PairedComparison], first: str = "first", second: str = "second") -> str:
+    """A table of :func:`compare_reports`' result, one row per radius."""
+    lines = [f"| r | images | {first} (%) | {second} (%) | difference (points) | only {first} | only {second} | p (sign test) |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {c.radius:g} | {c.images} | {c.first:.1f} | {c.second:.1f} | {c.first - c.second:+.1f} | "
+              f"{c.only_first} | {c.only_second} | {c.p_value:.3g} |" for c in comparisons]
+    return "\n".join(lines) + "\n"

@@ -482,6 +482,24 @@ def _cmd_certify(args: argparse.Namespace) -> None:
     print(f"wrote {out / name}.json")
 
 
+def _cmd_compare_certificates(args: argparse.Namespace) -> None:
+    from .certification import REPORT_RADII, compare_reports, comparison_markdown
+
+    reports = []
+    for path in (args.first, args.second):
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise SystemExit(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SystemExit(f"{path}: not JSON; expected a report written by `puvae-defense certify`") from None
+    try:
+        comparisons = compare_reports(*reports, radii=args.radii or REPORT_RADII)
+    except ValueError as error:
+        raise SystemExit(f"{args.first} and {args.second}: {error}") from None
+    print(comparison_markdown(comparisons, Path(args.first).stem, Path(args.second).stem), end="")
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> None:
     from .baselines import load_purifier
     from .diagnosis import diagnose
@@ -727,6 +745,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "larger --limit)")
     cert.add_argument("--quiet", action="store_true", help="no progress bar")
     cert.set_defaults(func=_cmd_certify)
+
+    compare = sub.add_parser("compare-certificates",
+                             help="compare two certify reports on the same images, image by image (McNemar's exact test)")
+    compare.add_argument("first", help="a report written by `puvae-defense certify`")
+    compare.add_argument("second", help="another, on the same data set")
+    compare.add_argument("--radii", type=_nonnegative_float, nargs="+", default=None,
+                         help="radii to compare at (default 0 0.25 0.5 0.75 1 1.5 2)")
+    compare.set_defaults(func=_cmd_compare_certificates)
 
     diag = sub.add_parser("diagnose", help="does the purifier fit your classifier? accuracy with and without it, "
                                            "the projection's own accuracy, a verdict and the next step")

@@ -187,3 +187,30 @@ def test_compare_reports_refuses_other_images() -> None:
         compare_reports(_report([0, 1], [0, 1], [1.0, 1.0]), _report([1, 0], [1, 0], [1.0, 1.0]))
     with pytest.raises(ValueError, match="no certified image"):
         compare_reports(_report([], [], []), _report([0], [0], [1.0]))
+
+
+def test_compare_reports_names_what_is_not_a_report() -> None:
+    good = _report([0], [0], [1.0])
+    with pytest.raises(ValueError, match="the second report is not a certification report"):
+        compare_reports(good, {"images": {"labels": [0]}})
+    with pytest.raises(ValueError, match="the first report has 2 labels, 1 classes and 1 radii"):
+        compare_reports(_report([0, 1], [0], [1.0]), good)
+
+
+def test_compare_certificates_on_the_command_line(tmp_path, capsys) -> None:
+    labels = [0, 1, 2, 3]
+    (tmp_path / "ours.json").write_text(json.dumps(_report(labels, [0, 1, 2, -1], [1.0, 1.0, 0.1, 0.0])))
+    (tmp_path / "theirs.json").write_text(json.dumps(_report(labels, [0, 9, 9, 9], [1.0, 1.0, 1.0, 1.0])))
+    assert main(["compare-certificates", str(tmp_path / "ours.json"), str(tmp_path / "theirs.json"),
+                 "--radii", "0", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "| r | images | ours (%) | theirs (%) | difference (points) | only ours | only theirs |" in out
+    assert "| 0 | 4 | 75.0 | 25.0 | +50.0 | 2 | 0 | 0.5 |" in out and "| 0.5 | 4 | 50.0 | 25.0 | +25.0 | 1 | 0 | 1 |" in out
+    (tmp_path / "other.json").write_text(json.dumps(_report([5, 5, 5, 5], [5, 5, 5, 5], [1.0] * 4)))
+    assert main(["compare-certificates", str(tmp_path / "ours.json"), str(tmp_path / "other.json")]) == 2
+    assert "not the same images" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["compare-certificates", str(tmp_path / "bad.json"), str(tmp_path / "ours.json")]) == 2
+    assert "bad.json: not JSON" in capsys.readouterr().err
+    assert main(["compare-certificates", str(tmp_path / "missing.json"), str(tmp_path / "ours.json")]) == 2
+    assert "missing.json: no such file" in capsys.readouterr().err
