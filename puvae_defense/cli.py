@@ -491,6 +491,8 @@ def _cmd_compare_certificates(args: argparse.Namespace) -> None:
             reports.append(json.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise SystemExit(f"{path}: no such file") from None
+        except OSError as error:
+            raise SystemExit(f"{path}: cannot be read ({error.strerror})") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise SystemExit(f"{path}: not JSON; expected a report written by `puvae-defense certify`") from None
     try:

@@ -214,3 +214,5 @@ def test_compare_certificates_on_the_command_line(tmp_path, capsys) -> None:
     assert "bad.json: not JSON" in capsys.readouterr().err
     assert main(["compare-certificates", str(tmp_path / "missing.json"), str(tmp_path / "ours.json")]) == 2
     assert "missing.json: no such file" in capsys.readouterr().err
+    assert main(["compare-certificates", str(tmp_path), str(tmp_path / "ours.json")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
