@@ -654,17 +654,23 @@ CERTIFY_CONFIGS = {"alone": "(a) {clf} smoothed alone", "puvae": "(b) {clf} behi
 _CERTIFY_NAME = re.compile(r"(?P<dataset>[a-z-]+)_(?P<clf>[A-Z])_(?P<config>[a-z]+)_sigma(?P<sigma>[0-9.]+)")
 
 
-def certification_rows(dataset: str = "mnist") -> list[tuple[str, dict]]:
-    """The certification reports of ``dataset`` (docs/results/certify/), labelled, ordered by sigma,
-    classifier and configuration."""
-    found = []
+def certification_reports(dataset: str = "mnist") -> dict[tuple[float, str, str], dict]:
+    """The certification reports of ``dataset`` (docs/results/certify/) by (sigma, classifier, configuration)."""
+    found = {}
     for path in sorted((RESULTS / "certify").glob(f"{dataset}_*.json")):
         match = _CERTIFY_NAME.fullmatch(path.stem)
         if match is None or match["config"] not in CERTIFY_CONFIGS:
             raise SystemExit(f"{path.name}: not a certification report name (DATASET_CLASSIFIER_CONFIG_sigmaS)")
-        order = (float(match["sigma"]), match["clf"], list(CERTIFY_CONFIGS).index(match["config"]))
-        found.append((order, CERTIFY_CONFIGS[match["config"]].format(clf=match["clf"], dataset=dataset), json.loads(path.read_text())))
-    return [(label, report) for _, label, report in sorted(found, key=lambda item: item[0])]
+        found[(float(match["sigma"]), match["clf"], match["config"])] = json.loads(path.read_text())
+    return found
+
+
+def certification_rows(dataset: str = "mnist") -> list[tuple[str, dict]]:
+    """The certification reports of ``dataset``, labelled, ordered by sigma, classifier and configuration."""
+    reports = certification_reports(dataset)
+    order = sorted(reports, key=lambda key: (key[0], key[1], list(CERTIFY_CONFIGS).index(key[2])))
+    return [(CERTIFY_CONFIGS[config].format(clf=clf, dataset=dataset), reports[(sigma, clf, config)])
+            for sigma, clf, config in order]
 
 
 def _first(report: dict, n: int) -> dict:
@@ -722,11 +728,7 @@ def certification_paired(dataset: str = "mnist", radii: tuple[float, ...] = (0.0
     and the other does not."""
     from puvae_defense.certification import compare_reports, sign_test
 
-    reports = {}
-    for path in sorted((RESULTS / "certify").glob(f"{dataset}_*.json")):
-        match = _CERTIFY_NAME.fullmatch(path.stem)
-        if match is not None:
-            reports[(float(match["sigma"]), match["clf"], match["config"])] = json.loads(path.read_text())
+    reports = certification_reports(dataset)
     lines = ["| sigma | classifier | comparison | images | " + " | ".join(f"r = {r:g}" for r in radii) + " |",
              "|" + "---|" * (len(radii) + 4)]
     sums: dict[tuple[str, str, str, float], list[int]] = {}
