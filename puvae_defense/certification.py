@@ -23,7 +23,7 @@ import torch
 
 from .data import ImageDataset
 from .evaluation import _device_name
-from .smoothing import ABSTAIN, Certificate, SmoothedClassifier, certified_accuracy, radius_bound
+from .smoothing import ABSTAIN, Certificate, SmoothedClassifier, certified_accuracy, certified_right, radius_bound
 
 __all__ = ["CertifySettings", "PairedComparison", "REPORT_RADII", "certification_markdown", "certify_dataset",
            "compare_reports", "comparison_markdown", "sign_test", "summarize"]
@@ -232,11 +232,6 @@ def _report_images(report: Any, which: str) -> tuple[list[int], list[int], list[
     return labels, certified, radii, largest
 
 
-def _hits(certified: list[int], labels: list[int], radii: list[float], radius: float) -> list[bool]:
-    return [label == truth and label != ABSTAIN and reach >= radius
-            for label, truth, reach in zip(certified, labels, radii, strict=True)]
-
-
 def compare_reports(first: Mapping[str, Any], second: Mapping[str, Any],
                     radii: Sequence[float] = REPORT_RADII) -> list[PairedComparison]:
     """Compare two certification reports image by image on the images both certified.
@@ -258,16 +253,16 @@ def compare_reports(first: Mapping[str, Any], second: Mapping[str, Any],
         raise ValueError("a report to compare has no certified image")
     if labels[:count] != other[:count]:
         raise ValueError("the two reports' first images carry different labels: not the same images")
-    labels = labels[:count]
+    truth = torch.tensor(labels[:count])
+    ours = Certificate(torch.tensor(certified_first[:count]), torch.tensor(radii_first[:count], dtype=torch.float64))
+    theirs = Certificate(torch.tensor(certified_second[:count]), torch.tensor(radii_second[:count], dtype=torch.float64))
     comparisons = []
     for radius in (r for r in radii if r <= min(largest_first, largest_second)):
-        hits_first = _hits(certified_first[:count], labels, radii_first[:count], radius)
-        hits_second = _hits(certified_second[:count], labels, radii_second[:count], radius)
-        only_first = sum(a and not b for a, b in zip(hits_first, hits_second, strict=True))
-        only_second = sum(b and not a for a, b in zip(hits_first, hits_second, strict=True))
+        hits_first, hits_second = certified_right(ours, truth, radius), certified_right(theirs, truth, radius)
+        only_first, only_second = int((hits_first & ~hits_second).sum()), int((hits_second & ~hits_first).sum())
         comparisons.append(PairedComparison(
-            radius=radius, images=count, first=100.0 * sum(hits_first) / count,
-            second=100.0 * sum(hits_second) / count, only_first=only_first, only_second=only_second,
+            radius=radius, images=count, first=certified_accuracy(ours, truth, radius),
+            second=certified_accuracy(theirs, truth, radius), only_first=only_first, only_second=only_second,
             p_value=sign_test(only_first, only_second)))
     return comparisons
 

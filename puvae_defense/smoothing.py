@@ -28,7 +28,7 @@ import torch
 
 from ._checks import PRECISIONS, check_count, check_sigma, not_a_tensor, warn_if_emulated_bf16
 
-__all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "binomial_p_value", "certified_accuracy",
+__all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "binomial_p_value", "certified_accuracy", "certified_right",
            "clopper_pearson_lower", "radius_bound"]
 
 #: The label returned where the smoothed classifier abstains.
@@ -87,13 +87,18 @@ def radius_bound(sigma: float, n: int, alpha: float) -> float:
     return float(sigma * norm.ppf(_check_alpha(alpha) ** (1.0 / n)))
 
 
+def certified_right(certificate: Certificate, labels: torch.Tensor, radius: float) -> torch.Tensor:
+    """Per image (bool): certified with the right label at a radius of at least ``radius``."""
+    labels = labels.to(certificate.labels.device)
+    return (certificate.labels == labels) & (certificate.radii >= radius) & (certificate.labels != ABSTAIN)
+
+
 def certified_accuracy(certificate: Certificate, labels: torch.Tensor, radius: float) -> float:
     """Share (%) of images whose certified label is right with a radius of at least ``radius``.
 
     At ``radius`` 0 this is the smoothed classifier's accuracy with abstentions counted as wrong.
     """
-    labels = labels.to(certificate.labels.device)
-    hit = (certificate.labels == labels) & (certificate.radii >= radius) & (certificate.labels != ABSTAIN)
+    hit = certified_right(certificate, labels, radius)
     return 100.0 * float(hit.double().mean()) if len(labels) else math.nan
 
 
